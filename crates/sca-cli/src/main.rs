@@ -1,0 +1,40 @@
+//! `sca`: Segment and Caption Anything from the command line.
+
+mod bench;
+mod caption;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "sca", version, about = "Segment and Caption Anything: masks and captions for clicked regions")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Caption (and segment) the region a point or box prompt selects.
+    Caption(caption::CaptionArgs),
+    /// Time every stage of a model built from a config with random weights.
+    Bench(bench::BenchArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Command::Caption(a) => caption::run(&a),
+        Command::Bench(a) => bench::run(&a),
+    };
+    if let Err(e) = res {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,271 @@
+//! GPT-2 language model (HF `GPT2LMHeadModel`): Conv1D weights stored (in, out), pre-LN blocks,
+//! learned positions, head tied to `wte` unless the checkpoint carries `lm_head.weight`, KV cache.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
+
+use crate::config::Gpt2Config;
+use crate::trace::Trace;
+
+/// HF `Conv1D`: y = x·W + b with W stored (in, out).
+struct Conv1D {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Conv1D {
+    fn new(inp: usize, out: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get((inp, out), "weight")?,
+            bias: vb.get(out, "bias")?,
+        })
+    }
+
+    /// x (..., in) -> (..., out)
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let inp = dims[dims.len() - 1];
+        let n = x.elem_count() / inp;
+        let y = x
+            .reshape((n, inp))?
+            .matmul(&self.weight)?
+            .broadcast_add(&self.bias)?;
+        let mut out = dims;
+        let last = out.len() - 1;
+        out[last] = self.weight.dim(1)?;
+        y.reshape(out)
+    }
+}
+
+struct Block {
+    ln_1: LayerNorm,
+    c_attn: Conv1D,
+    c_proj: Conv1D,
+    ln_2: LayerNorm,
+    c_fc: Conv1D,
+    mlp_proj: Conv1D,
+    n_head: usize,
+}
+
+impl Block {
+    fn new(cfg: &Gpt2Config, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.n_embd;
+        let eps = cfg.layer_norm_epsilon;
+        Ok(Self {
+            ln_1: candle_nn::layer_norm(d, eps, vb.pp("ln_1"))?,
+            c_attn: Conv1D::new(d, 3 * d, vb.pp("attn").pp("c_attn"))?,
+            c_proj: Conv1D::new(d, d, vb.pp("attn").pp("c_proj"))?,
+            ln_2: candle_nn::layer_norm(d, eps, vb.pp("ln_2"))?,
+            c_fc: Conv1D::new(d, cfg.inner_dim(), vb.pp("mlp").pp("c_fc"))?,
+            mlp_proj: Conv1D::new(cfg.inner_dim(), d, vb.pp("mlp").pp("c_proj"))?,
+            n_head: cfg.n_head,
+        })
+    }
+
+    /// x (B,T,D); mask (B|1,1,T,Tk) additive; cache (k,v) each (B,nh,Tpast,hd).
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        cache: &mut Option<(Tensor, Tensor)>,
+    ) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let (nh, hd) = (self.n_head, d / self.n_head);
+        let qkv = self
+            .c_attn
+            .forward(&self.ln_1.forward(x)?)?
+            .reshape((b, t, 3, nh, hd))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?; // (3,B,nh,T,hd)
+        let q = qkv.get(0)?;
+        let mut k = qkv.get(1)?;
+        let mut v = qkv.get(2)?;
+        if let Some((pk, pv)) = cache.as_ref() {
+            k = Tensor::cat(&[pk, &k], 2)?;
+            v = Tensor::cat(&[pv, &v], 2)?;
+        }
+        *cache = Some((k.clone(), v.clone()));
+        let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let y = att
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, d))?;
+        let x = (x + self.c_proj.forward(&y)?)?;
+        let h = self.c_fc.forward(&self.ln_2.forward(&x)?)?.gelu()?; // gelu_new (tanh)
+        x + self.mlp_proj.forward(&h)?
+    }
+}
+
+/// Per-layer key/value cache of one generation (B sequences).
+#[derive(Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Per-sequence key padding (1 = attend), grown as tokens are appended; None = all ones.
+    key_mask: Option<Tensor>,
+}
+
+impl KvCache {
+    pub fn new(n_layer: usize) -> Self {
+        Self {
+            layers: vec![None; n_layer],
+            key_mask: None,
+        }
+    }
+
+    /// Tokens already in the cache.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map(|(k, _)| k.dim(2).unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps/reorders sequences (beam search): new sequence i is old `idx[i]`.
+    pub fn select(&mut self, idx: &[u32]) -> Result<()> {
+        let Some(Some((k0, _))) = self.layers.first() else {
+            return Ok(());
+        };
+        let idx = Tensor::from_slice(idx, idx.len(), k0.device())?;
+        for l in self.layers.iter_mut().flatten() {
+            *l = (l.0.index_select(&idx, 0)?, l.1.index_select(&idx, 0)?);
+        }
+        if let Some(m) = self.key_mask.as_mut() {
+            *m = m.index_select(&idx, 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// GPT-2 with its LM head. `vb` is at the `GPT2LMHeadModel` level (`transformer.*`, `lm_head.*`).
+pub struct Gpt2 {
+    wte: Embedding,
+    wpe: Embedding,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    lm_head: Tensor, // (V, D)
+    cfg: Gpt2Config,
+}
+
+impl Gpt2 {
+    pub fn new(cfg: &Gpt2Config, vb: VarBuilder) -> Result<Self> {
+        let t = vb.pp("transformer");
+        let d = cfg.n_embd;
+        let wte = candle_nn::embedding(cfg.vocab_size, d, t.pp("wte"))?;
+        let wpe = candle_nn::embedding(cfg.n_positions, d, t.pp("wpe"))?;
+        let blocks = (0..cfg.n_layer)
+            .map(|i| Block::new(cfg, t.pp("h").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let ln_f = candle_nn::layer_norm(d, cfg.layer_norm_epsilon, t.pp("ln_f"))?;
+        // A save_pretrained safetensors file omits the tied head: fall back to wte.
+        let lm_head = if vb.contains_tensor("lm_head.weight") {
+            vb.pp("lm_head").get((cfg.vocab_size, d), "weight")?
+        } else {
+            wte.embeddings().clone()
+        };
+        Ok(Self {
+            wte,
+            wpe,
+            blocks,
+            ln_f,
+            lm_head,
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &Gpt2Config {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        self.lm_head.device()
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.cfg.n_layer)
+    }
+
+    /// Token embeddings `wte[ids]` (no positions): ids (B,T) -> (B,T,D).
+    pub fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
+        self.wte.forward(ids)
+    }
+
+    /// Runs `embeds` (B,T,D) after what `cache` holds; positions continue from the cache length.
+    /// `attention_mask` (B, Tpast+T) with 1 = real token, 0 = padding (None = all real).
+    /// Returns the final hidden states (B,T,D) after `ln_f`.
+    pub fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: &mut KvCache,
+        trace_prefix: &str,
+        trace: &mut Trace,
+    ) -> Result<Tensor> {
+        let (b, t, _) = embeds.dims3()?;
+        let past = cache.len();
+        let dev = embeds.device();
+        if past + t > self.cfg.n_positions {
+            candle_core::bail!(
+                "sequence of {} tokens exceeds GPT-2's n_positions {}",
+                past + t,
+                self.cfg.n_positions
+            )
+        }
+        let pos = Tensor::arange(past as u32, (past + t) as u32, dev)?;
+        let mut x = embeds.broadcast_add(&self.wpe.forward(&pos)?)?;
+        trace.record(format!("{trace_prefix}embeddings"), &x);
+        // causal mask (1,1,T,Tk) + padding mask (B,1,1,Tk)
+        let tk = past + t;
+        let causal: Vec<f32> = (0..t)
+            .flat_map(|i| {
+                (0..tk).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY })
+            })
+            .collect();
+        let mut mask = Tensor::from_vec(causal, (1, 1, t, tk), dev)?;
+        if let Some(am) = attention_mask {
+            let pad = am
+                .to_dtype(DType::F32)?
+                .affine(1.0, -1.0)? // 0 for real, -1 for padding
+                .reshape((b, 1, 1, tk))?;
+            let pad = pad.clamp(-1.0f32, 0.0f32)?.affine(1e30, 0.0)?; // -1e30 for padding
+            mask = mask.broadcast_add(&pad)?;
+        }
+        for (i, blk) in self.blocks.iter().enumerate() {
+            x = blk.forward(&x, &mask, &mut cache.layers[i])?;
+            if trace.is_enabled() {
+                trace.record(format!("{trace_prefix}block{i}_output"), &x);
+            }
+        }
+        let h = self.ln_f.forward(&x)?;
+        trace.record(format!("{trace_prefix}last_hidden_state"), &h);
+        Ok(h)
+    }
+
+    /// Hidden states (..., D) -> logits (..., V).
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let dims = hidden.dims().to_vec();
+        let d = dims[dims.len() - 1];
+        let n = hidden.elem_count() / d;
+        let y = hidden.reshape((n, d))?.matmul(&self.lm_head.t()?)?;
+        let mut out = dims;
+        let last = out.len() - 1;
+        out[last] = self.cfg.vocab_size;
+        y.reshape(out)
+    }
+
+    /// Logits of the last position only: hidden (B,T,D) -> (B,V).
+    pub fn last_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let t = hidden.dim(1)?;
+        self.logits(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?)
+    }
+}
+
+/// Index of the maximum of each row (first one on ties, as torch.argmax): (B,V) -> B ids.
+pub fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
+    logits.argmax(D::Minus1)?.to_vec1::<u32>()
+}
