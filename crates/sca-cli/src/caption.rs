@@ -18,10 +18,10 @@ pub struct CaptionArgs {
     model: PathBuf,
     /// A point `x,y[,label]` in image pixels (label 1 = object, 0 = background; default 1).
     /// Repeat the flag for several points: they form one prompt.
-    #[arg(long = "point", value_name = "X,Y[,LABEL]")]
+    #[arg(long = "point", value_name = "X,Y[,LABEL]", allow_hyphen_values = true)]
     points: Vec<String>,
     /// A box `x1,y1,x2,y2` in image pixels.
-    #[arg(long = "box", value_name = "X1,Y1,X2,Y2")]
+    #[arg(long = "box", value_name = "X1,Y1,X2,Y2", allow_hyphen_values = true)]
     box_: Option<String>,
     /// Return SAM's three candidate masks instead of one.
     #[arg(long)]

@@ -155,11 +155,7 @@ impl Hyps {
                     .min_by(|a, b| a.1 .0.total_cmp(&b.1 .0))
                     .expect("non-empty");
                 self.beams.remove(worst_idx);
-                self.worst = self
-                    .beams
-                    .iter()
-                    .map(|b| b.0)
-                    .fold(f32::INFINITY, f32::min);
+                self.worst = self.beams.iter().map(|b| b.0).fold(f32::INFINITY, f32::min);
             } else {
                 self.worst = self.worst.min(score);
             }

@@ -87,10 +87,7 @@ impl Block {
         *cache = Some((k.clone(), v.clone()));
         let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
         let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let y = att
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, t, d))?;
+        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
         let x = (x + self.c_proj.forward(&y)?)?;
         let h = self.c_fc.forward(&self.ln_2.forward(&x)?)?.gelu()?; // gelu_new (tanh)
         x + self.mlp_proj.forward(&h)?
@@ -223,7 +220,13 @@ impl Gpt2 {
         let tk = past + t;
         let causal: Vec<f32> = (0..t)
             .flat_map(|i| {
-                (0..tk).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY })
+                (0..tk).map(move |j| {
+                    if j <= past + i {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
             })
             .collect();
         let mut mask = Tensor::from_vec(causal, (1, 1, t, tk), dev)?;

@@ -217,7 +217,9 @@ pub fn decode_image(bytes: &[u8], what: &str) -> Result<RgbImage> {
         .with_guessed_format()
         .map_err(|e| err(e.to_string()))?;
     if reader.format().is_none() {
-        return Err(err("unrecognised format (expected PNG, JPEG or WebP)".into()));
+        return Err(err(
+            "unrecognised format (expected PNG, JPEG or WebP)".into()
+        ));
     }
     let mut decoder = reader.into_decoder().map_err(|e| err(e.to_string()))?;
     let (w, h) = decoder.dimensions();
@@ -240,9 +242,8 @@ pub fn decode_image(bytes: &[u8], what: &str) -> Result<RgbImage> {
 /// PIL `convert("RGB")` of what Pillow would have opened.
 fn to_rgb8_pil(img: DynamicImage) -> RgbImage {
     let (w, h) = (img.width(), img.height());
-    let from_fn = |f: &dyn Fn(u32, u32) -> [u8; 3]| {
-        RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)))
-    };
+    let from_fn =
+        |f: &dyn Fn(u32, u32) -> [u8; 3]| RgbImage::from_fn(w, h, |x, y| image::Rgb(f(x, y)));
     match img {
         DynamicImage::ImageRgb8(b) => b,
         // Pillow opens 16-bit gray as I;16, whose RGB conversion saturates at 255.
@@ -316,7 +317,7 @@ fn bilinear_filter(x: f64) -> f64 {
 
 fn precompute_coeffs(in_size: usize, in0: f32, in1: f32, out_size: usize) -> Coeffs {
     const SUPPORT: f64 = 1.0; // BILINEAR
-    // Pillow takes the box as float32 and subtracts in float32.
+                              // Pillow takes the box as float32 and subtracts in float32.
     let scale = (in1 - in0) as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = SUPPORT * filterscale;
@@ -524,7 +525,12 @@ pub fn preprocess(img: &RgbImage, cfg: &PreprocessorConfig) -> Result<Preprocess
 /// let (x, y) = sca_core::image::scale_point(52.0, 68.0, (120, 160), (96, 128));
 /// assert_eq!((x, y), (52.0 * 0.8, 68.0 * 0.8));
 /// ```
-pub fn scale_point(x: f64, y: f64, original: (usize, usize), resized: (usize, usize)) -> (f64, f64) {
+pub fn scale_point(
+    x: f64,
+    y: f64,
+    original: (usize, usize),
+    resized: (usize, usize),
+) -> (f64, f64) {
     let sx = resized.1 as f64 / original.1 as f64;
     let sy = resized.0 as f64 / original.0 as f64;
     (x * sx, y * sy)

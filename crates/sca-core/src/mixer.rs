@@ -41,7 +41,9 @@ impl Mixer {
                 md.pp("additional_transformer"),
             )?,
             language_project: candle_nn::linear(c, d, vb.pp("language_project"))?,
-            task_tokens: vb.pp("task_tokens").get((2 * cfg.num_task_tokens, d), "weight")?,
+            task_tokens: vb
+                .pp("task_tokens")
+                .get((2 * cfg.num_task_tokens, d), "weight")?,
             num_task_tokens: cfg.num_task_tokens,
         })
     }
@@ -60,9 +62,9 @@ impl Mixer {
         let cap = self.caption_tokens.unsqueeze(0)?.broadcast_as((m, q, c))?;
         let tokens = Tensor::cat(&[&cap, queries_out], 1)?.contiguous()?;
         trace.record("mixer_queries_in", &tokens);
-        let (out, keys) = self
-            .transformer
-            .forward(&tokens, keys_out, image_pe_tokens, "mixer", trace)?;
+        let (out, keys) =
+            self.transformer
+                .forward(&tokens, keys_out, image_pe_tokens, "mixer", trace)?;
         trace.record("mixer_queries_out", &out);
         trace.record("mixer_keys_out", &keys);
         let out = out.narrow(1, 0, q)?.contiguous()?;
@@ -71,7 +73,12 @@ impl Mixer {
     }
 
     /// Caption query outputs (M, Q, C) -> LM prefix (M, Tt+Q, D) = [task tokens ; projected].
-    pub fn prefix(&self, caption_queries: &Tensor, task: Task, trace: &mut Trace) -> Result<Tensor> {
+    pub fn prefix(
+        &self,
+        caption_queries: &Tensor,
+        task: Task,
+        trace: &mut Trace,
+    ) -> Result<Tensor> {
         let projected = self.language_project.forward(caption_queries)?;
         trace.record("language_project_output", &projected);
         let m = projected.dim(0)?;
@@ -88,7 +95,10 @@ impl Mixer {
 
     /// The `num_task_tokens` rows of one task: (Tt, D).
     pub fn task_tokens(&self, task: Task) -> Result<Tensor> {
-        self.task_tokens
-            .narrow(0, task as usize * self.num_task_tokens, self.num_task_tokens)
+        self.task_tokens.narrow(
+            0,
+            task as usize * self.num_task_tokens,
+            self.num_task_tokens,
+        )
     }
 }

@@ -8,7 +8,7 @@ use candle_nn::VarBuilder;
 use crate::config::{GenerationConfig, ScaConfig};
 use crate::generate::{generate, Decode};
 use crate::gpt2::Gpt2;
-use crate::image::{PreprocessorConfig, Preprocessed};
+use crate::image::{Preprocessed, PreprocessorConfig};
 use crate::masks;
 use crate::mixer::{Mixer, Task};
 use crate::sam::image_encoder::ImageEncoder;
@@ -49,7 +49,8 @@ impl ScaModel {
             vb.pp("prompt_encoder"),
             vb.pp("shared_image_embedding"),
         )?;
-        let mask_decoder = MaskDecoder::new(&config.mask_caption_decoder_config, vb.pp("mask_decoder"))?;
+        let mask_decoder =
+            MaskDecoder::new(&config.mask_caption_decoder_config, vb.pp("mask_decoder"))?;
         let mixer = Mixer::new(config, vb.clone())?;
         let lm = Gpt2::new(&config.text_config, vb.pp("language_model"))?;
         let image_pe = prompt_encoder.image_positional_embeddings()?;
@@ -77,7 +78,11 @@ impl ScaModel {
     }
 
     /// pixel_values (1,3,S,S) -> image embedding (1,C,g,g).
-    pub fn embed_pixels(&self, pixel_values: &Tensor, trace: &mut Trace) -> candle_core::Result<Tensor> {
+    pub fn embed_pixels(
+        &self,
+        pixel_values: &Tensor,
+        trace: &mut Trace,
+    ) -> candle_core::Result<Tensor> {
         trace.record("image_positional_embeddings", &self.image_pe);
         self.image_encoder.forward(pixel_values, trace)
     }
@@ -138,7 +143,9 @@ impl ScaModel {
         let am = Tensor::cat(&[&ones, &mask.to_dtype(candle_core::DType::U32)?], 1)?;
         trace.record("lm_attention_mask", &am);
         let mut cache = self.lm.new_cache();
-        let h = self.lm.forward_embeds(&inputs, Some(&am), &mut cache, "lm_", trace)?;
+        let h = self
+            .lm
+            .forward_embeds(&inputs, Some(&am), &mut cache, "lm_", trace)?;
         let logits = self.lm.logits(&h.narrow(1, p - 1, l + 1)?)?;
         trace.record("lm_logits", &logits);
         Ok(logits)
@@ -270,7 +277,14 @@ impl Sca {
         };
         let tokenizer = Tokenizer::from_dir(dir)?;
         let weights = Weights::load(dir)?;
-        Self::from_weights(config, &weights, tokenizer, preprocessor, generation, device)
+        Self::from_weights(
+            config,
+            &weights,
+            tokenizer,
+            preprocessor,
+            generation,
+            device,
+        )
     }
 
     /// Builds from already-loaded weights; fails on missing, mis-shaped or unexpected keys.
@@ -320,7 +334,11 @@ impl Sca {
         self.embed_preprocessed(&pre, &mut Trace::default())
     }
 
-    pub fn embed_preprocessed(&self, pre: &Preprocessed, trace: &mut Trace) -> Result<ImageEmbedding> {
+    pub fn embed_preprocessed(
+        &self,
+        pre: &Preprocessed,
+        trace: &mut Trace,
+    ) -> Result<ImageEmbedding> {
         let s = pre.pad_size;
         let pixels = Tensor::from_slice(&pre.pixel_values, (1, 3, s, s), self.model.device())?;
         trace.record("pixel_values", &pixels);
@@ -333,14 +351,30 @@ impl Sca {
     }
 
     /// Masks and caption for one prompt.
-    pub fn predict(&self, emb: &ImageEmbedding, prompt: &Prompt, decode: &Decode) -> Result<Region> {
+    pub fn predict(
+        &self,
+        emb: &ImageEmbedding,
+        prompt: &Prompt,
+        decode: &Decode,
+    ) -> Result<Region> {
         let mut v = self.predict_many(emb, std::slice::from_ref(prompt), decode)?;
         Ok(v.remove(0))
     }
 
     /// Batched prompts; results equal predicting them one by one.
-    pub fn predict_many(&self, emb: &ImageEmbedding, prompts: &[Prompt], decode: &Decode) -> Result<Vec<Region>> {
-        self.predict_inner(emb, prompts, decode, &mut |_, _| true, &mut Trace::default())
+    pub fn predict_many(
+        &self,
+        emb: &ImageEmbedding,
+        prompts: &[Prompt],
+        decode: &Decode,
+    ) -> Result<Vec<Region>> {
+        self.predict_inner(
+            emb,
+            prompts,
+            decode,
+            &mut |_, _| true,
+            &mut Trace::default(),
+        )
     }
 
     /// Like `predict`, calling `on_piece` with each new piece of caption text as it is decoded
@@ -395,12 +429,21 @@ impl Sca {
             Ok(())
         };
         if p.points.is_empty() && p.box_.is_none() {
-            return Err(Error::Prompt("a prompt needs at least one point or a box".into()));
+            return Err(Error::Prompt(
+                "a prompt needs at least one point or a box".into(),
+            ));
         }
         let mut sp = ScaledPrompt::default();
         for (i, pt) in p.points.iter().enumerate() {
             check(&format!("point {i}"), pt.x, pt.y)?;
-            if ![label::POSITIVE, label::NEGATIVE, label::NOT_A_POINT, label::PAD].contains(&pt.label) {
+            if ![
+                label::POSITIVE,
+                label::NEGATIVE,
+                label::NOT_A_POINT,
+                label::PAD,
+            ]
+            .contains(&pt.label)
+            {
                 return Err(Error::Prompt(format!(
                     "point {i} has label {} (use 1 = foreground, 0 = background)",
                     pt.label
@@ -422,8 +465,18 @@ impl Sca {
                     "box [{x1}, {y1}, {x2}, {y2}] has x2 < x1 or y2 < y1"
                 )));
             }
-            let (a, b) = crate::image::scale_point(x1 as f64, y1 as f64, emb.original_size, emb.resized_size);
-            let (c, d) = crate::image::scale_point(x2 as f64, y2 as f64, emb.original_size, emb.resized_size);
+            let (a, b) = crate::image::scale_point(
+                x1 as f64,
+                y1 as f64,
+                emb.original_size,
+                emb.resized_size,
+            );
+            let (c, d) = crate::image::scale_point(
+                x2 as f64,
+                y2 as f64,
+                emb.original_size,
+                emb.resized_size,
+            );
             sp.box_ = Some([a, b, c, d]);
         }
         Ok(sp)
@@ -459,7 +512,9 @@ impl Sca {
         let mut prefixes: Vec<Option<Tensor>> = vec![None; prompts.len()];
         for ((_, multimask), idx) in &groups {
             let group: Vec<ScaledPrompt> = idx.iter().map(|&i| scaled[i].clone()).collect();
-            let out = self.model.decode_prompts(&emb.embedding, &group, *multimask, trace)?;
+            let out = self
+                .model
+                .decode_prompts(&emb.embedding, &group, *multimask, trace)?;
             let masks = out.decoder.masks.to_vec3::<f32>().ok();
             let (m, k, lh, lw) = out.decoder.masks.dims4()?;
             let flat = out.decoder.masks.flatten_all()?.to_vec1::<f32>()?;
@@ -475,7 +530,10 @@ impl Sca {
             debug_assert_eq!(m, idx.len());
         }
         let prefix = Tensor::stack(
-            &prefixes.into_iter().map(|p| p.expect("every prompt decoded")).collect::<Vec<_>>(),
+            &prefixes
+                .into_iter()
+                .map(|p| p.expect("every prompt decoded"))
+                .collect::<Vec<_>>(),
             0,
         )?;
         let eos = self.generation.eos_token_id;
@@ -489,7 +547,14 @@ impl Sca {
             let mut masks_out = Vec::with_capacity(planes.len());
             let mut logits_out = Vec::with_capacity(planes.len());
             for plane in &planes {
-                let logits = masks::postprocess_logits(plane, g4, g4, pad, emb.resized_size, emb.original_size);
+                let logits = masks::postprocess_logits(
+                    plane,
+                    g4,
+                    g4,
+                    pad,
+                    emb.resized_size,
+                    emb.original_size,
+                );
                 masks_out.push(Mask {
                     width: w,
                     height: h,

@@ -35,12 +35,15 @@ pub const EOS_TOKEN: &str = "<|endoftext|>";
 pub const IGNORE_INDEX: i64 = -100;
 
 /// GPT-2 tokenizer (byte-level BPE, 50257 tokens).
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// Ids of special added tokens (dropped by `skip_special`).
     special: HashSet<u32>,
     /// Byte-level alphabet: char -> byte (GPT-2's `bytes_to_unicode`, inverted).
     char_bytes: HashMap<char, u8>,
+    /// Cached: `tokenizers` rebuilds the whole vocabulary map to count it.
+    vocab_size: usize,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -95,8 +98,8 @@ impl Tokenizer {
         let vocab_map: Vocab = serde_json::from_slice(&vocab_bytes)
             .map_err(|e| terr(format!("{}: invalid vocab JSON: {e}", vocab.display())))?;
         let merges_text = std::fs::read_to_string(merges).map_err(|e| Error::io(merges, e))?;
-        let merge_list = parse_merges(&merges_text)
-            .map_err(|m| terr(format!("{}: {m}", merges.display())))?;
+        let merge_list =
+            parse_merges(&merges_text).map_err(|m| terr(format!("{}: {m}", merges.display())))?;
         let bpe = BPE::builder()
             .vocab_and_merges(vocab_map, merge_list)
             .build()
@@ -130,10 +133,12 @@ impl Tokenizer {
             .into_iter()
             .map(|(b, c)| (c, b))
             .collect();
+        let vocab_size = inner.get_vocab_size(true);
         Ok(Tokenizer {
             inner,
             special,
             char_bytes,
+            vocab_size,
         })
     }
 
@@ -166,17 +171,30 @@ impl Tokenizer {
     /// Text of `ids` with transformers 4.36 semantics: `skip_special` drops special tokens
     /// (50256), `clean_up` applies [`clean_up_tokenization`]. Id -100 (ignored label) is decoded
     /// as EOS; other negative or out-of-vocabulary ids are errors.
-    pub fn decode<I: TokenId>(&self, ids: &[I], skip_special: bool, clean_up: bool) -> Result<String> {
+    pub fn decode<I: TokenId>(
+        &self,
+        ids: &[I],
+        skip_special: bool,
+        clean_up: bool,
+    ) -> Result<String> {
         let vocab = self.vocab_size();
         let ids = ids
             .iter()
             .map(|&id| {
                 let v = id.to_i64();
-                let v = if v == IGNORE_INDEX { EOS_TOKEN_ID as i64 } else { v };
+                let v = if v == IGNORE_INDEX {
+                    EOS_TOKEN_ID as i64
+                } else {
+                    v
+                };
                 u32::try_from(v)
                     .ok()
                     .filter(|&u| (u as usize) < vocab)
-                    .ok_or_else(|| terr(format!("token id {v} is out of range (vocabulary of {vocab})")))
+                    .ok_or_else(|| {
+                        terr(format!(
+                            "token id {v} is out of range (vocabulary of {vocab})"
+                        ))
+                    })
             })
             .collect::<Result<Vec<u32>>>()?;
         let text = self
@@ -197,7 +215,7 @@ impl Tokenizer {
 
     /// Number of tokens, added tokens included (50257).
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     /// The token string of `id` (e.g. `"Ġworld"`).
@@ -217,7 +235,10 @@ impl Tokenizer {
             ))
         })?;
         // Same rule as the ByteLevel decoder: map every char, or keep the token's UTF-8 as is.
-        let mapped: Option<Vec<u8>> = tok.chars().map(|c| self.char_bytes.get(&c).copied()).collect();
+        let mapped: Option<Vec<u8>> = tok
+            .chars()
+            .map(|c| self.char_bytes.get(&c).copied())
+            .collect();
         Ok(Some(mapped.unwrap_or_else(|| tok.into_bytes())))
     }
 }
@@ -273,7 +294,12 @@ fn parse_merges(text: &str) -> std::result::Result<Vec<(String, String)>, String
         let mut parts = line.split(' ');
         match (parts.next(), parts.next(), parts.next()) {
             (Some(a), Some(b), None) => out.push((a.to_string(), b.to_string())),
-            _ => return Err(format!("line {}: expected two tokens separated by a space", n + 1)),
+            _ => {
+                return Err(format!(
+                    "line {}: expected two tokens separated by a space",
+                    n + 1
+                ))
+            }
         }
     }
     Ok(out)
@@ -306,8 +332,9 @@ fn strip(e: Error) -> String {
 ///
 /// The concatenation of all pieces (including [`DecodeStream::finish`]) equals
 /// [`Tokenizer::decode_caption`] of all ids. Incomplete UTF-8 sequences are held back, and so is
-/// any text the clean-up could still change (up to the last three chars when one of them is a
-/// space).
+/// any text the clean-up could still change: everything after the last three consecutive
+/// non-space chars (a clean-up pattern starts with a space and is at most four chars long), so
+/// a short word like `" on"` appears together with the next token.
 ///
 /// ```no_run
 /// # fn main() -> sca_core::Result<()> {

@@ -304,7 +304,9 @@ fn load_single(path: &Path) -> Result<BTreeMap<String, Tensor>> {
 }
 
 fn load_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
-    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
     if len == 0 {
         return Err(werr(path, "empty file"));
     }
@@ -404,8 +406,12 @@ impl StorageType {
             Self::F32 => f32::from_le_bytes([e[0], e[1], e[2], e[3]]),
             Self::F16 => half::f16::from_bits(u16::from_le_bytes([e[0], e[1]])).to_f32(),
             Self::BF16 => half::bf16::from_bits(u16::from_le_bytes([e[0], e[1]])).to_f32(),
-            Self::F64 => f64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]) as f32,
-            Self::I64 => i64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]) as f32,
+            Self::F64 => {
+                f64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]) as f32
+            }
+            Self::I64 => {
+                i64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]) as f32
+            }
             Self::I32 => i32::from_le_bytes([e[0], e[1], e[2], e[3]]) as f32,
             Self::I16 => i16::from_le_bytes([e[0], e[1]]) as f32,
             Self::I8 => e[0] as i8 as f32,
@@ -421,10 +427,25 @@ impl StorageType {
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect(),
-            Self::F16 => b
-                .chunks_exact(2)
-                .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-                .collect(),
+            Self::F16 => {
+                // half's slice conversion is vectorised (F16C) where available.
+                let h: Vec<half::f16> = b
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
+                    .collect();
+                let mut out = vec![0f32; h.len()];
+                half::slice::HalfFloatSliceExt::convert_to_f32_slice(&h[..], &mut out);
+                out
+            }
+            Self::BF16 => {
+                let h: Vec<half::bf16> = b
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])))
+                    .collect();
+                let mut out = vec![0f32; h.len()];
+                half::slice::HalfFloatSliceExt::convert_to_f32_slice(&h[..], &mut out);
+                out
+            }
             _ => (0..b.len() / self.size()).map(|i| self.get(b, i)).collect(),
         }
     }
@@ -465,7 +486,11 @@ fn load_torch(path: &Path) -> Result<BTreeMap<String, Tensor>> {
             format!("truncated or corrupt zip archive (cannot read its directory): {e}"),
         )
     })?;
-    let names: Vec<String> = zip.file_names().filter_map(|n| n.ok()).map(Into::into).collect();
+    let names: Vec<String> = zip
+        .file_names()
+        .filter_map(|n| n.ok())
+        .map(Into::into)
+        .collect();
     let pkls: Vec<&String> = names
         .iter()
         .filter(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
@@ -485,7 +510,10 @@ fn load_torch(path: &Path) -> Result<BTreeMap<String, Tensor>> {
         }
         _ => return Err(werr(path, "zip archive has several `*/data.pkl` records")),
     };
-    let prefix = pkl_name.strip_suffix("data.pkl").unwrap_or_default().to_string();
+    let prefix = pkl_name
+        .strip_suffix("data.pkl")
+        .unwrap_or_default()
+        .to_string();
 
     let byteorder_name = format!("{prefix}byteorder");
     if names.contains(&byteorder_name) {
@@ -502,8 +530,12 @@ fn load_torch(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     }
 
     let pkl = read_entry(&mut zip, path, pkl_name, file_len)?;
-    let sd = pickle::state_dict(&pkl)
-        .map_err(|e| werr(path, format!("corrupt or unsupported pickle in {pkl_name}: {e}")))?;
+    let sd = pickle::state_dict(&pkl).map_err(|e| {
+        werr(
+            path,
+            format!("corrupt or unsupported pickle in {pkl_name}: {e}"),
+        )
+    })?;
     if !sd.skipped.is_empty() {
         tracing::warn!(
             file = %path.display(),
@@ -590,9 +622,10 @@ fn read_entry<R: Read + Seek>(
     file_len: u64,
 ) -> Result<Vec<u8>> {
     let mut entry = zip.by_name(name).map_err(|e| match e {
-        zip::result::ZipError::FileNotFound => {
-            werr(path, format!("record {name} is missing from the zip archive"))
-        }
+        zip::result::ZipError::FileNotFound => werr(
+            path,
+            format!("record {name} is missing from the zip archive"),
+        ),
         e => werr(path, format!("cannot read record {name}: {e}")),
     })?;
     if entry.compression() != zip::CompressionMethod::Stored {
@@ -608,7 +641,9 @@ fn read_entry<R: Read + Seek>(
     if size > file_len {
         return Err(werr(
             path,
-            format!("record {name} claims {size} bytes but the file has only {file_len} (truncated?)"),
+            format!(
+                "record {name} claims {size} bytes but the file has only {file_len} (truncated?)"
+            ),
         ));
     }
     let mut buf = Vec::with_capacity(size as usize);
@@ -687,14 +722,15 @@ fn gather(
     let mut pos = t.offset;
     for _ in 0..count {
         out.push(dtype.get(bytes, pos));
-        // Odometer increment of the multi-index, keeping `pos` in step.
+        // Odometer increment of the multi-index, keeping `pos` in step. Wrapping arithmetic:
+        // a size-1 axis may carry any stride; `pos` is exact again whenever it is read.
         for ax in (0..rank).rev() {
             idx[ax] += 1;
-            pos += t.stride[ax];
+            pos = pos.wrapping_add(t.stride[ax]);
             if idx[ax] < t.shape[ax] {
                 break;
             }
-            pos -= t.stride[ax] * t.shape[ax];
+            pos = pos.wrapping_sub(t.stride[ax].wrapping_mul(t.shape[ax]));
             idx[ax] = 0;
         }
     }
@@ -767,17 +803,24 @@ pub fn save_torch_bin(path: &Path, tensors: &[(String, Tensor)], dtype: DType) -
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        file_name(path),
-        std::process::id()
-    ));
+    let tmp = dir.join(format!(".{}.tmp{}", file_name(path), process_id()));
     let result = write_archive(&tmp, &pkl, tensors, dtype)
         .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn process_id() -> u32 {
+    std::process::id()
+}
+
+/// `std::process::id` panics on wasm32-unknown-unknown.
+#[cfg(target_arch = "wasm32")]
+fn process_id() -> u32 {
+    0
 }
 
 fn write_archive(tmp: &Path, pkl: &[u8], tensors: &[(String, Tensor)], dtype: DType) -> Result<()> {
@@ -1007,13 +1050,11 @@ mod pickle {
             self.push(v);
         }
         fn set_items(&mut self, items: Vec<Id>) -> Res<()> {
-            if items.len() % 2 != 0 {
-                return Err("odd number of items for SETITEMS".into());
-            }
+            let pairs = pairs(&items).ok_or("odd number of items for SETITEMS")?;
             let target = self.top()?;
             match &mut self.arena[target] {
                 Value::Dict(d) => {
-                    d.extend(items.chunks_exact(2).map(|c| (c[0], c[1])));
+                    d.extend(pairs);
                     Ok(())
                 }
                 _ => Err("SETITEM(S) on an object that is not a dict".into()),
@@ -1169,10 +1210,7 @@ mod pickle {
                     b'}' => self.push(Value::Dict(Vec::new())),
                     b'd' => {
                         let items = self.pop_mark()?;
-                        if items.len() % 2 != 0 {
-                            return Err("odd number of items for DICT".into());
-                        }
-                        let pairs = items.chunks_exact(2).map(|c| (c[0], c[1])).collect();
+                        let pairs = pairs(&items).ok_or("odd number of items for DICT")?;
                         self.push(Value::Dict(pairs))
                     }
                     b's' => {
@@ -1257,6 +1295,15 @@ mod pickle {
                 }
             }
         }
+    }
+
+    /// `[k0, v0, k1, v1, ..]` as pairs; `None` for an odd count.
+    fn pairs(items: &[Id]) -> Option<Vec<(Id, Id)>> {
+        let chunks = items.chunks_exact(2);
+        chunks
+            .remainder()
+            .is_empty()
+            .then(|| chunks.map(|c| (c[0], c[1])).collect())
     }
 
     /// A storage as referenced from the pickle (`('storage', torch.<class>, key, location, numel)`).
@@ -1362,7 +1409,12 @@ mod pickle {
             };
             let pid = match &self.arena[*storage] {
                 Value::Persistent(pid) => *pid,
-                v => return Err(format!("tensor storage is {}, expected a persistent id", kind(v))),
+                v => {
+                    return Err(format!(
+                        "tensor storage is {}, expected a persistent id",
+                        kind(v)
+                    ))
+                }
             };
             let storage = self.storage(pid)?;
             Ok(TensorRef {
@@ -1374,9 +1426,7 @@ mod pickle {
         }
 
         fn storage(&self, pid: Id) -> Res<StorageRef> {
-            let items = self
-                .items(pid)
-                .ok_or("persistent id is not a tuple")?;
+            let items = self.items(pid).ok_or("persistent id is not a tuple")?;
             let [tag, class, key, _location, numel, ..] = items else {
                 return Err("persistent id is not ('storage', type, key, location, numel)".into());
             };
@@ -1497,7 +1547,9 @@ mod pickle {
             for (key, dims, numel) in batch {
                 w.unicode(key);
                 w.put();
-                w.memo_or(&mut rebuild, |w| w.global("torch._utils", "_rebuild_tensor_v2"));
+                w.memo_or(&mut rebuild, |w| {
+                    w.global("torch._utils", "_rebuild_tensor_v2")
+                });
                 w.out.push(b'('); // args
                 w.out.push(b'('); // persistent id
                 w.memo_or(&mut storage_tag, |w| w.unicode("storage"));

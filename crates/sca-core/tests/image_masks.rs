@@ -24,16 +24,19 @@ use serde_json::Value;
 fn parity_dir() -> PathBuf {
     std::env::var_os("SCA_PARITY_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/parity")
-        })
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/parity"))
 }
 
 /// Every `sca_*` fixture folder; at least one must exist.
 fn sca_fixtures() -> Vec<PathBuf> {
     let dir = parity_dir();
     let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("parity fixtures {}: {e} (set SCA_PARITY_DIR)", dir.display()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "parity fixtures {}: {e} (set SCA_PARITY_DIR)",
+                dir.display()
+            )
+        })
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.is_dir()
@@ -57,7 +60,12 @@ fn get<'a>(m: &'a HashMap<String, Tensor>, k: &str) -> &'a Tensor {
 }
 
 fn flat_f32(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1().unwrap()
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 fn flat_f64(t: &Tensor) -> Vec<f64> {
@@ -148,16 +156,27 @@ fn fixture_decode_resize_preprocess() {
         let img = load_image(&dir.join("image.png")).unwrap();
         let want = get(&inputs, "image");
         let (h, w) = (want.dims()[0], want.dims()[1]);
-        assert_eq!((img.height() as usize, img.width() as usize), (h, w), "{name}");
+        assert_eq!(
+            (img.height() as usize, img.width() as usize),
+            (h, w),
+            "{name}"
+        );
         assert_eq!(img.as_raw(), &flat_u8(want), "{name}: decoded image.png");
-        assert_eq!(flat_i64(get(&inputs, "original_size")), vec![h as i64, w as i64]);
+        assert_eq!(
+            flat_i64(get(&inputs, "original_size")),
+            vec![h as i64, w as i64]
+        );
 
         let cfg = PreprocessorConfig::from_file(&dir.join("preprocessor_config.json")).unwrap();
         assert_eq!(cfg, PreprocessorConfig::for_size(128), "{name}");
 
         let rsz = flat_i64(get(&outputs, "reshaped_input_size"));
         let (rh, rw) = resized_size(h, w, cfg.longest_edge);
-        assert_eq!(vec![rh as i64, rw as i64], rsz, "{name}: reshaped_input_size");
+        assert_eq!(
+            vec![rh as i64, rw as i64],
+            rsz,
+            "{name}: reshaped_input_size"
+        );
 
         let resized = resize_pil_bilinear(&img, rw as u32, rh as u32);
         let want = get(&outputs, "resized_image");
@@ -165,7 +184,10 @@ fn fixture_decode_resize_preprocess() {
         assert_eq!(resized.as_raw(), &flat_u8(want), "{name}: resized_image");
 
         let p = preprocess(&img, &cfg).unwrap();
-        assert_eq!((p.original_size, p.resized_size, p.pad_size), ((h, w), (rh, rw), 128));
+        assert_eq!(
+            (p.original_size, p.resized_size, p.pad_size),
+            ((h, w), (rh, rw), 128)
+        );
         let want = flat_f32(get(&outputs, "pixel_values"));
         assert_eq!(p.pixel_values.len(), want.len());
         let max = p
@@ -305,7 +327,11 @@ fn pillow_resize_goldens() {
             );
         }
         let hash = format!("{:016x}", fnv1a64(out.as_raw()));
-        assert_eq!(hash, c["fnv1a64"].as_str().unwrap(), "{name}: full-output hash");
+        assert_eq!(
+            hash,
+            c["fnv1a64"].as_str().unwrap(),
+            "{name}: full-output hash"
+        );
     }
 }
 
@@ -315,7 +341,10 @@ fn resize_identity_and_degenerate() {
     assert_eq!(resize_pil_bilinear(&img, 17, 11), img);
     assert_eq!(resize_pil_bilinear(&img, 0, 5).dimensions(), (0, 5));
     let empty = image::RgbImage::new(0, 0);
-    assert_eq!(resize_pil_bilinear(&empty, 3, 2), image::RgbImage::new(3, 2));
+    assert_eq!(
+        resize_pil_bilinear(&empty, 3, 2),
+        image::RgbImage::new(3, 2)
+    );
 }
 
 /// Decoded pixels of the lossless formats equal Pillow's exactly; JPEG and lossy WebP go through
@@ -359,8 +388,20 @@ const LOSSY_DECODE_TOL: u8 = 255;
 /// Inserts an APP1 EXIF segment with the given orientation right after the JPEG SOI marker.
 fn with_exif_orientation(jpeg: &[u8], orientation: u16, big_endian: bool) -> Vec<u8> {
     let mut tiff = Vec::new();
-    let u16b = |v: u16| if big_endian { v.to_be_bytes() } else { v.to_le_bytes() };
-    let u32b = |v: u32| if big_endian { v.to_be_bytes() } else { v.to_le_bytes() };
+    let u16b = |v: u16| {
+        if big_endian {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        }
+    };
+    let u32b = |v: u32| {
+        if big_endian {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        }
+    };
     tiff.extend_from_slice(if big_endian { b"MM" } else { b"II" });
     tiff.extend_from_slice(&u16b(42));
     tiff.extend_from_slice(&u32b(8));
@@ -434,7 +475,8 @@ fn gray_and_rgba_inputs() {
         let v = gray.get_pixel(x, y).0[0];
         assert_eq!(p.0, [v, v, v]);
     }
-    let la = image::GrayAlphaImage::from_fn(4, 2, |x, y| image::LumaA([(x * 50) as u8, (y * 99) as u8]));
+    let la =
+        image::GrayAlphaImage::from_fn(4, 2, |x, y| image::LumaA([(x * 50) as u8, (y * 99) as u8]));
     let rgb = decode_image(&encode_png(&la.clone().into()), "la").unwrap();
     for (x, y, p) in rgb.enumerate_pixels() {
         let v = la.get_pixel(x, y).0[0];
@@ -456,7 +498,10 @@ fn bad_images_are_image_errors() {
     for (what, bytes) in [
         ("empty", Vec::new()),
         ("garbage", b"definitely not an image".to_vec()),
-        ("truncated", encode_png(&pattern(8, 8, 1).into())[..40].to_vec()),
+        (
+            "truncated",
+            encode_png(&pattern(8, 8, 1).into())[..40].to_vec(),
+        ),
     ] {
         match decode_image(&bytes, what) {
             Err(Error::Image { what: w, .. }) => assert_eq!(w, what),
@@ -466,7 +511,10 @@ fn bad_images_are_image_errors() {
     // A PNG header declaring a 0 x 0 image.
     let mut png = encode_png(&pattern(3, 2, 1).into());
     png[16..24].fill(0);
-    assert!(matches!(decode_image(&png, "zero"), Err(Error::Image { .. })));
+    assert!(matches!(
+        decode_image(&png, "zero"),
+        Err(Error::Image { .. })
+    ));
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.png");
@@ -520,7 +568,10 @@ fn preprocessor_config_parsing() {
         r#"[1, 2"#,
     ] {
         assert!(
-            matches!(PreprocessorConfig::from_json(bad), Err(Error::Config { .. })),
+            matches!(
+                PreprocessorConfig::from_json(bad),
+                Err(Error::Config { .. })
+            ),
             "{bad}"
         );
     }
@@ -555,8 +606,8 @@ fn preprocess_values_and_errors() {
                 let got = p.pixel_values[c * s * s + y * s + x];
                 if y < 24 {
                     let v = resized.get_pixel(x as u32, y as u32).0[c];
-                    let want =
-                        ((v as f64 * cfg.rescale_factor) as f32 - cfg.image_mean[c]) / cfg.image_std[c];
+                    let want = ((v as f64 * cfg.rescale_factor) as f32 - cfg.image_mean[c])
+                        / cfg.image_std[c];
                     assert_eq!(got, want);
                 } else {
                     assert_eq!(got, 0.0);
@@ -598,9 +649,15 @@ fn point_and_box_scaling() {
 #[test]
 fn bilinear_hand_values() {
     // upsample 2 -> 4: src idx = (o + 0.5) / 2 - 0.5 = -0.25 (clamped 0), 0.25, 0.75, 1.25 (clamped to last)
-    assert_eq!(resize_bilinear(&[0.0, 1.0], 1, 2, 1, 4), vec![0.0, 0.25, 0.75, 1.0]);
+    assert_eq!(
+        resize_bilinear(&[0.0, 1.0], 1, 2, 1, 4),
+        vec![0.0, 0.25, 0.75, 1.0]
+    );
     // downsample 4 -> 2 (no antialias): idx 0.5 and 2.5
-    assert_eq!(resize_bilinear(&[0.0, 1.0, 2.0, 3.0], 1, 4, 1, 2), vec![0.5, 2.5]);
+    assert_eq!(
+        resize_bilinear(&[0.0, 1.0, 2.0, 3.0], 1, 4, 1, 2),
+        vec![0.5, 2.5]
+    );
     // 2x2 -> 3x3: idx = (o + 0.5) * 2/3 - 0.5 = -1/6 (->0), 0.5, 7/6 (->1, clamped to last row)
     let out = resize_bilinear(&[0.0, 1.0, 2.0, 3.0], 2, 2, 3, 3);
     let want = [0.0, 0.5, 1.0, 1.0, 1.5, 2.0, 2.0, 2.5, 3.0];
@@ -619,7 +676,9 @@ fn postprocess_crop_and_bad_sizes() {
     // A plane whose left half is -1 and right half +1: after pad-upsample and crop to the
     // left half, the mask at original size is mostly negative.
     let (lh, lw) = (8, 8);
-    let low: Vec<f32> = (0..lh * lw).map(|i| if i % lw < 4 { -1.0 } else { 1.0 }).collect();
+    let low: Vec<f32> = (0..lh * lw)
+        .map(|i| if i % lw < 4 { -1.0 } else { 1.0 })
+        .collect();
     let full = postprocess_logits(&low, lh, lw, 32, (32, 32), (16, 16));
     assert_eq!(full.len(), 256);
     assert!(full[0] < 0.0 && full[15] > 0.0);
@@ -627,13 +686,22 @@ fn postprocess_crop_and_bad_sizes() {
     assert_eq!(cropped.len(), 200);
     assert!(cropped.iter().all(|v| *v < 0.5));
     // resized larger than the pad is clamped; wrong buffer length gives zeros
-    assert_eq!(postprocess_logits(&low, lh, lw, 32, (64, 64), (4, 4)).len(), 16);
-    assert_eq!(postprocess_logits(&low[1..], lh, lw, 32, (32, 32), (4, 4)), vec![0.0; 16]);
+    assert_eq!(
+        postprocess_logits(&low, lh, lw, 32, (64, 64), (4, 4)).len(),
+        16
+    );
+    assert_eq!(
+        postprocess_logits(&low[1..], lh, lw, 32, (32, 32), (4, 4)),
+        vec![0.0; 16]
+    );
 }
 
 #[test]
 fn binarize_and_stability_hand_values() {
-    assert_eq!(binarize(&[-1.0, 0.0, 1e-7, f32::NAN, 3.0], 0.0), vec![0, 0, 1, 0, 1]);
+    assert_eq!(
+        binarize(&[-1.0, 0.0, 1e-7, f32::NAN, 3.0], 0.0),
+        vec![0, 0, 1, 0, 1]
+    );
     // > +1: {2.0, 1.5}; > -1: {2.0, 1.5, 1.0, 0.0, -0.5}
     let logits = [2.0, 1.5, 1.0, 0.0, -0.5, -1.0, -3.0];
     assert_eq!(stability_score(&logits, 0.0, 1.0), 2.0 / 5.0);
@@ -727,7 +795,13 @@ fn coco_rle_matches_pycocotools() {
         assert_eq!(rle.area(), area, "{name}");
         assert_eq!(rle.decode().unwrap(), m, "{name}");
         let json = serde_json::to_string(&rle).unwrap();
-        assert_eq!(json, format!("{{\"size\":[{h},{w}],\"counts\":{}}}", serde_json::to_string(counts).unwrap()));
+        assert_eq!(
+            json,
+            format!(
+                "{{\"size\":[{h},{w}],\"counts\":{}}}",
+                serde_json::to_string(counts).unwrap()
+            )
+        );
         let back: CocoRle = serde_json::from_str(&json).unwrap();
         assert_eq!(back, rle);
     }
@@ -742,7 +816,10 @@ fn coco_rle_round_trip_random() {
         // mix of sparse noise, dense noise and long runs (blocks)
         let density = rng.below(101);
         let blocky = case % 3 == 0;
-        let (bx, by) = (rng.below(w as u64 + 1) as usize, rng.below(h as u64 + 1) as usize);
+        let (bx, by) = (
+            rng.below(w as u64 + 1) as usize,
+            rng.below(h as u64 + 1) as usize,
+        );
         let mask: Vec<u8> = (0..h * w)
             .map(|i| {
                 if blocky {
@@ -755,7 +832,10 @@ fn coco_rle_round_trip_random() {
         let rle = CocoRle::encode(&mask, h, w);
         let runs = rle.runs().unwrap();
         assert_eq!(runs.iter().map(|&r| r as usize).sum::<usize>(), h * w);
-        assert!(runs.iter().skip(1).all(|&r| r > 0), "only the first run may be empty");
+        assert!(
+            runs.iter().skip(1).all(|&r| r > 0),
+            "only the first run may be empty"
+        );
         assert_eq!(rle.decode().unwrap(), mask, "case {case} {h}x{w}");
         assert_eq!(rle.area(), mask.iter().map(|&v| v as u64).sum::<u64>());
         // non-binary foreground values encode as 1
@@ -776,7 +856,10 @@ fn coco_rle_rejects_malformed() {
         counts: counts.into(),
     };
     // sum mismatch
-    assert!(matches!(bad("09", [3, 4]).decode(), Err(Error::Image { .. })));
+    assert!(matches!(
+        bad("09", [3, 4]).decode(),
+        Err(Error::Image { .. })
+    ));
     // character outside '0'..='o'
     assert!(bad("0 9", [3, 3]).runs().is_err());
     assert!(bad("0p", [3, 3]).runs().is_err());

@@ -61,7 +61,11 @@ fn fixtures() -> Vec<(PathBuf, Kind)> {
         out.push((p, kind));
     }
     out.sort();
-    assert!(!out.is_empty(), "no fixture directories in {}", dir.display());
+    assert!(
+        !out.is_empty(),
+        "no fixture directories in {}",
+        dir.display()
+    );
     out
 }
 
@@ -77,11 +81,21 @@ fn load_st(p: &Path) -> HashMap<String, Tensor> {
 }
 
 fn f32s(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 fn i64s(t: &Tensor) -> Vec<i64> {
-    t.to_dtype(DType::I64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    t.to_dtype(DType::I64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 /// Collects failures so one run reports every mismatching stage.
@@ -226,16 +240,24 @@ fn cut_after_eos(mut v: Vec<u32>) -> Vec<u32> {
     v
 }
 
-/// Checks one SCA fixture end to end and stage by stage. `weights_override` replaces the
-/// fixture's weights (the fp16 `.bin` test); `rel` is the float tolerance.
-fn check_sca_fixture(dir: &Path, weights: Weights, rel: f32, exact_tokens: bool) -> Vec<String> {
+/// Checks one SCA fixture end to end and stage by stage with `weights` (the fixture's own, or
+/// their fp16 `.bin` conversion); `rel` is the float tolerance. `exact` (f32 weights) also
+/// requires the full top-5 ranking at each greedy step and masks equal except at the pixels the
+/// fixture counts as |logit| < 1e-4; otherwise (fp16 storage) the top-1 token must agree and mask
+/// pixels may flip only where |official logit| <= rel * max|logit|.
+fn check_sca_fixture(dir: &Path, weights: Weights, rel: f32, exact: bool) -> Vec<String> {
     let fx = ScaFixture::load(dir);
     let mut r = Report {
-        fixture: format!("{} ({})", dir.file_name().unwrap().to_string_lossy(), weights.source().display()),
+        fixture: format!(
+            "{} ({})",
+            dir.file_name().unwrap().to_string_lossy(),
+            weights.source().display()
+        ),
         ..Default::default()
     };
     let cfg = ScaConfig::from_file(&dir.join("config.json")).expect("config");
-    let pre = PreprocessorConfig::from_file(&dir.join("preprocessor_config.json")).expect("preprocessor");
+    let pre =
+        PreprocessorConfig::from_file(&dir.join("preprocessor_config.json")).expect("preprocessor");
     let tok = Tokenizer::from_dir(dir).expect("tokenizer");
     let sca = Sca::from_weights(
         cfg.clone(),
@@ -256,21 +278,44 @@ fn check_sca_fixture(dir: &Path, weights: Weights, rel: f32, exact_tokens: bool)
         pp.resized_size.1 as u32,
         pp.resized_size.0 as u32,
     );
-    r.eq("resized_image", resized.into_raw(), f32s(fx.o("resized_image")).iter().map(|&v| v as u8).collect());
+    r.eq(
+        "resized_image",
+        resized.into_raw(),
+        f32s(fx.o("resized_image"))
+            .iter()
+            .map(|&v| v as u8)
+            .collect(),
+    );
     let rs = i64s(fx.o("reshaped_input_size"));
-    r.eq("reshaped_input_size", (pp.resized_size.0 as i64, pp.resized_size.1 as i64), (rs[0], rs[1]));
-    r.close("pixel_values", &pp.pixel_values, &f32s(fx.o("pixel_values")), F32_TOL);
+    r.eq(
+        "reshaped_input_size",
+        (pp.resized_size.0 as i64, pp.resized_size.1 as i64),
+        (rs[0], rs[1]),
+    );
+    r.close(
+        "pixel_values",
+        &pp.pixel_values,
+        &f32s(fx.o("pixel_values")),
+        F32_TOL,
+    );
 
     // --- image encoder, from the official pixel values
     let mut tr = Trace::enabled();
-    let emb = model.embed_pixels(fx.o("pixel_values"), &mut tr).expect("encoder");
-    let emb_from_ours = sca.embed_preprocessed(&pp, &mut Trace::default()).expect("embed");
+    let emb = model
+        .embed_pixels(fx.o("pixel_values"), &mut tr)
+        .expect("encoder");
+    let emb_from_ours = sca
+        .embed_preprocessed(&pp, &mut Trace::default())
+        .expect("embed");
 
     // --- prompts, decoder, mixer, prefix from the official image embedding
     let prompts = fx.prompts();
     let scaled: Vec<ScaledPrompt> = prompts
         .iter()
-        .map(|p| sca.scale_prompt(&emb_from_ours, p).expect("valid fixture prompt"))
+        .map(|p| {
+            sca.scale_prompt(&emb_from_ours, p)
+                .expect("valid fixture prompt")
+        })
         .collect();
     let multimask = prompts[0].multimask;
     let dec = model
@@ -287,18 +332,26 @@ fn check_sca_fixture(dir: &Path, weights: Weights, rel: f32, exact_tokens: bool)
     let _ = dec;
 
     // --- greedy decoding with per-step logits (KV cache) from the official prefix
-    let (steps_ids, steps_logits, greedy) = greedy_with_logits(&model.lm, fx.o("lm_prefix_embeds"), 19);
+    let (steps_ids, steps_logits, greedy) =
+        greedy_with_logits(&model.lm, fx.o("lm_prefix_embeds"), 19);
 
     // --- the whole pipeline from image.png, through the public API
     let regions12 = sca
-        .predict_many(&emb_from_ours, &prompts, &Decode::Greedy { max_new_tokens: 12 })
+        .predict_many(
+            &emb_from_ours,
+            &prompts,
+            &Decode::Greedy { max_new_tokens: 12 },
+        )
         .expect("predict");
     let regions19 = sca
         .predict_many(&emb_from_ours, &prompts, &Decode::EVAL_DEFAULT)
         .expect("predict (eval default)");
     let one_by_one: Vec<_> = prompts
         .iter()
-        .map(|p| sca.predict(&emb_from_ours, p, &Decode::Greedy { max_new_tokens: 12 }).unwrap())
+        .map(|p| {
+            sca.predict(&emb_from_ours, p, &Decode::Greedy { max_new_tokens: 12 })
+                .unwrap()
+        })
         .collect();
 
     for name in fx.listed_tensors() {
@@ -306,17 +359,40 @@ fn check_sca_fixture(dir: &Path, weights: Weights, rel: f32, exact_tokens: bool)
         match name.as_str() {
             "resized_image" | "reshaped_input_size" | "pixel_values" => {}
             "input_points" => {
-                let ours: Vec<f64> = scaled.iter().flat_map(|s| s.points.iter().flat_map(|p| [p.0, p.1])).collect();
-                let exp: Vec<f64> = exp.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                let ours: Vec<f64> = scaled
+                    .iter()
+                    .flat_map(|s| s.points.iter().flat_map(|p| [p.0, p.1]))
+                    .collect();
+                let exp: Vec<f64> = exp
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
                 r.eq("input_points (len)", ours.len(), exp.len());
-                let worst = ours.iter().zip(&exp).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+                let worst = ours
+                    .iter()
+                    .zip(&exp)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f64::max);
                 r.eq("input_points within 1e-9", worst <= 1e-9, true);
             }
             "input_boxes" => {
                 let ours: Vec<f64> = scaled.iter().flat_map(|s| s.box_.unwrap()).collect();
-                let exp: Vec<f64> = exp.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                let exp: Vec<f64> = exp
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
                 r.eq("input_boxes (len)", ours.len(), exp.len());
-                let worst = ours.iter().zip(&exp).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+                let worst = ours
+                    .iter()
+                    .zip(&exp)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f64::max);
                 r.eq("input_boxes within 1e-9", worst <= 1e-9, true);
             }
             "input_labels" => {
@@ -331,32 +407,39 @@ fn check_sca_fixture(dir: &Path, weights: Weights, rel: f32, exact_tokens: bool)
             "lm_loss" => r.close(&name, &f32s(&loss), &f32s(exp), rel),
             "image_embeddings" => {
                 r.tensor("image_embeddings", &emb, exp, rel);
-                r.tensor("image_embeddings (from our preprocessing)", &emb_from_ours.embedding, exp, rel);
+                r.tensor(
+                    "image_embeddings (from our preprocessing)",
+                    &emb_from_ours.embedding,
+                    exp,
+                    rel,
+                );
             }
             "generated_sequences" | "generated_tokens" => {
                 let want = if name == "generated_tokens" {
                     let t = fx.o("generated_tokens");
                     let len = t.dims()[1];
-                    i64s(t).chunks(len).map(|c| cut_after_eos(c.iter().map(|&x| x as u32).collect())).collect()
+                    i64s(t)
+                        .chunks(len)
+                        .map(|c| cut_after_eos(c.iter().map(|&x| x as u32).collect()))
+                        .collect()
                 } else {
                     fx.sequences(&name)
                 };
                 let ours: Vec<Vec<u32>> = regions12.iter().map(|g| g.tokens.clone()).collect();
-                if exact_tokens {
-                    r.eq(&format!("{name} (pipeline, greedy 12)"), &ours, &want);
-                    let obo: Vec<Vec<u32>> = one_by_one.iter().map(|g| g.tokens.clone()).collect();
-                    r.eq(&format!("{name} (one prompt at a time)"), &obo, &want);
-                    let cut: Vec<Vec<u32>> = greedy.iter().map(|g| g.iter().take(12).copied().collect()).collect();
-                    r.eq(&format!("{name} (official prefix)"), &cut, &want);
-                }
+                r.eq(&format!("{name} (pipeline, greedy 12)"), &ours, &want);
+                let obo: Vec<Vec<u32>> = one_by_one.iter().map(|g| g.tokens.clone()).collect();
+                r.eq(&format!("{name} (one prompt at a time)"), &obo, &want);
+                let cut: Vec<Vec<u32>> = greedy
+                    .iter()
+                    .map(|g| g.iter().take(12).copied().collect())
+                    .collect();
+                r.eq(&format!("{name} (official prefix)"), &cut, &want);
             }
             "generated_sequences_default" => {
                 let want = fx.sequences(&name);
                 let ours: Vec<Vec<u32>> = regions19.iter().map(|g| g.tokens.clone()).collect();
-                if exact_tokens {
-                    r.eq(&format!("{name} (pipeline, eval default)"), &ours, &want);
-                    r.eq(&format!("{name} (official prefix)"), &greedy, &want);
-                }
+                r.eq(&format!("{name} (pipeline, eval default)"), &ours, &want);
+                r.eq(&format!("{name} (official prefix)"), &greedy, &want);
             }
             "generated_top5_ids" | "generated_top5_logits" => {
                 let (m, s, k) = exp.dims3().unwrap();
@@ -368,18 +451,34 @@ fn check_sca_fixture(dir: &Path, weights: Weights, rel: f32, exact_tokens: bool)
                     for step in 0..n {
                         let at = (region * s + step) * k;
                         let lg = &steps_logits[region][step];
-                        let ours_ids: Vec<i64> = steps_ids[region][step].iter().map(|&x| x as i64).collect();
-                        if name == "generated_top5_ids" && exact_tokens {
-                            r.eq(&format!("{name}[{region},{step}]"), ours_ids, e_ids[at..at + k].to_vec());
+                        let ours_ids: Vec<i64> =
+                            steps_ids[region][step].iter().map(|&x| x as i64).collect();
+                        if name == "generated_top5_ids" {
+                            // fp16 storage may reorder near-ties below the top token
+                            let n = if exact { k } else { 1 };
+                            r.eq(
+                                &format!("{name}[{region},{step}]"),
+                                ours_ids[..n].to_vec(),
+                                e_ids[at..at + n].to_vec(),
+                            );
                         } else if name == "generated_top5_logits" {
-                            let ours: Vec<f32> = e_ids[at..at + k].iter().map(|&i| lg[i as usize]).collect();
-                            r.close(&format!("{name}[{region},{step}]"), &ours, &e_log[at..at + k], rel);
+                            let ours: Vec<f32> =
+                                e_ids[at..at + k].iter().map(|&i| lg[i as usize]).collect();
+                            r.close(
+                                &format!("{name}[{region},{step}]"),
+                                &ours,
+                                &e_log[at..at + k],
+                                rel,
+                            );
                         }
                     }
                 }
             }
             "masks_logits_original_size" => {
-                let ours: Vec<f32> = regions12.iter().flat_map(|g| g.mask_logits.iter().flatten().copied()).collect();
+                let ours: Vec<f32> = regions12
+                    .iter()
+                    .flat_map(|g| g.mask_logits.iter().flatten().copied())
+                    .collect();
                 r.close(&name, &ours, &f32s(exp), rel);
                 // the same post-processing applied to the official low-res masks
                 let low = fx.o("low_res_masks");
@@ -389,21 +488,48 @@ fn check_sca_fixture(dir: &Path, weights: Weights, rel: f32, exact_tokens: bool)
                 let ours: Vec<f32> = planes
                     .chunks(lh * lw)
                     .flat_map(|p| {
-                        masks::postprocess_logits(p, lh, lw, pre.pad_size, emb_from_ours.resized_size, emb_from_ours.original_size)
+                        masks::postprocess_logits(
+                            p,
+                            lh,
+                            lw,
+                            pre.pad_size,
+                            emb_from_ours.resized_size,
+                            emb_from_ours.original_size,
+                        )
                     })
                     .collect();
-                r.close("masks_logits_original_size (from official low-res)", &ours, &f32s(exp), rel);
+                r.close(
+                    "masks_logits_original_size (from official low-res)",
+                    &ours,
+                    &f32s(exp),
+                    rel,
+                );
             }
             "masks" => {
-                let ours: Vec<u8> = regions12.iter().flat_map(|g| g.masks.iter().flat_map(|m| m.data.clone())).collect();
+                let ours: Vec<u8> = regions12
+                    .iter()
+                    .flat_map(|g| g.masks.iter().flat_map(|m| m.data.clone()))
+                    .collect();
                 let want: Vec<u8> = i64s(exp).iter().map(|&v| v as u8).collect();
                 let allowed = fx.outputs["num_postprocessed_mask_pixels_with_abs_logit_below_1e-4"]
                     .as_u64()
                     .unwrap_or(0) as usize;
                 let flipped = ours.iter().zip(&want).filter(|(a, b)| a != b).count();
                 r.eq("masks (len)", ours.len(), want.len());
-                let tol = if exact_tokens { allowed } else { want.len() / 200 };
-                r.eq(&format!("masks flipped pixels <= {tol}"), flipped <= tol, true);
+                if exact {
+                    let ok = flipped <= allowed;
+                    r.eq(&format!("masks: {flipped} flipped pixels <= {allowed}"), ok, true);
+                } else {
+                    let lg = f32s(fx.o("masks_logits_original_size"));
+                    let bound = rel * lg.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let bad = ours
+                        .iter()
+                        .zip(&want)
+                        .zip(&lg)
+                        .filter(|((a, b), l)| a != b && l.abs() > bound)
+                        .count();
+                    r.eq(&format!("masks: pixels flipped where |logit| > {bound:.3}"), bad, 0);
+                }
             }
             "iou_predictions" => {
                 let ours: Vec<f32> = regions12.iter().flat_map(|g| g.iou.clone()).collect();
@@ -412,16 +538,26 @@ fn check_sca_fixture(dir: &Path, weights: Weights, rel: f32, exact_tokens: bool)
             }
             other => match tr.get(other) {
                 Some(ours) => r.tensor(other, ours, exp, rel),
-                None => r.failures.push(format!("{}: tensor `{other}` has no check", r.fixture)),
+                None => r
+                    .failures
+                    .push(format!("{}: tensor `{other}` has no check", r.fixture)),
             },
         }
     }
     // Decoded text through the tokenizer equals the official text.
-    if exact_tokens {
+    {
         let text12: Vec<String> = regions12.iter().map(|g| g.caption.clone()).collect();
         let text19: Vec<String> = regions19.iter().map(|g| g.caption.clone()).collect();
-        r.eq("generated_text", json_strings(&fx.outputs["generated_text"]), text12);
-        r.eq("generated_text_default", json_strings(&fx.outputs["generated_text_default"]), text19);
+        r.eq(
+            "generated_text",
+            json_strings(&fx.outputs["generated_text"]),
+            text12,
+        );
+        r.eq(
+            "generated_text_default",
+            json_strings(&fx.outputs["generated_text_default"]),
+            text19,
+        );
     }
     r.finish()
 }
@@ -436,7 +572,11 @@ fn json_strings(v: &Value) -> Vec<String> {
 
 /// Greedy decoding with the KV cache, keeping every step's logits and top-5 ids.
 #[allow(clippy::type_complexity)]
-fn greedy_with_logits(lm: &Gpt2, prefix: &Tensor, steps: usize) -> (Vec<Vec<Vec<u32>>>, Vec<Vec<Vec<f32>>>, Vec<Vec<u32>>) {
+fn greedy_with_logits(
+    lm: &Gpt2,
+    prefix: &Tensor,
+    steps: usize,
+) -> (Vec<Vec<Vec<u32>>>, Vec<Vec<Vec<f32>>>, Vec<Vec<u32>>) {
     let m = prefix.dim(0).unwrap();
     let mut ids = vec![Vec::new(); m];
     let mut logits_all = vec![Vec::new(); m];
@@ -445,7 +585,13 @@ fn greedy_with_logits(lm: &Gpt2, prefix: &Tensor, steps: usize) -> (Vec<Vec<Vec<
         let mut cache = lm.new_cache();
         let mut tr = Trace::default();
         let h = lm
-            .forward_embeds(&prefix.narrow(0, region, 1).unwrap(), None, &mut cache, "", &mut tr)
+            .forward_embeds(
+                &prefix.narrow(0, region, 1).unwrap(),
+                None,
+                &mut cache,
+                "",
+                &mut tr,
+            )
             .unwrap();
         let mut lg = lm.last_logits(&h).unwrap();
         for _ in 0..steps {
@@ -461,7 +607,9 @@ fn greedy_with_logits(lm: &Gpt2, prefix: &Tensor, steps: usize) -> (Vec<Vec<Vec<
             }
             let t = Tensor::new(&[[next]], &Device::Cpu).unwrap();
             let e = lm.embed_tokens(&t).unwrap();
-            let h = lm.forward_embeds(&e, None, &mut cache, "", &mut tr).unwrap();
+            let h = lm
+                .forward_embeds(&e, None, &mut cache, "", &mut tr)
+                .unwrap();
             lg = lm.last_logits(&h).unwrap();
         }
     }
@@ -473,7 +621,8 @@ fn check_gpt2_fixture(dir: &Path) -> Vec<String> {
         fixture: dir.file_name().unwrap().to_string_lossy().into(),
         ..Default::default()
     };
-    let cfg = sca_core::config::Gpt2Config::from_file(&dir.join("config.json")).expect("gpt2 config");
+    let cfg =
+        sca_core::config::Gpt2Config::from_file(&dir.join("config.json")).expect("gpt2 config");
     let weights = Weights::load(dir).expect("weights");
     let lm = Gpt2::new(&cfg, weights.var_builder(&Device::Cpu)).expect("gpt2 builds");
     weights.check_unused().expect("no unexpected keys");
@@ -485,19 +634,30 @@ fn check_gpt2_fixture(dir: &Path) -> Vec<String> {
     let am = inp["attention_mask"].to_dtype(DType::U32).unwrap();
     let mut tr = Trace::enabled();
     let emb = lm.embed_tokens(&ids).unwrap();
-    let h = lm.forward_embeds(&emb, Some(&am), &mut lm.new_cache(), "", &mut tr).unwrap();
+    let h = lm
+        .forward_embeds(&emb, Some(&am), &mut lm.new_cache(), "", &mut tr)
+        .unwrap();
     let logits = lm.logits(&h).unwrap();
     // each prompt alone, greedy with the KV cache
     let prompts: Vec<Vec<u32>> = inputs["input_ids"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| p.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect())
+        .map(|p| {
+            p.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect()
+        })
         .collect();
     let mut gen = Vec::new();
     let mut top5 = Vec::new();
     for p in &prompts {
-        let t = Tensor::new(p.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let t = Tensor::new(p.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         let e = lm.embed_tokens(&t).unwrap();
         let (ids5, logits5, toks) = greedy_with_logits(&lm, &e, 12);
         gen.push(toks[0].clone());
@@ -509,7 +669,10 @@ fn check_gpt2_fixture(dir: &Path) -> Vec<String> {
             "logits" => r.tensor(name, &logits, exp, F32_TOL),
             "generated_ids" => {
                 let len = exp.dims()[1];
-                let want: Vec<Vec<u32>> = i64s(exp).chunks(len).map(|c| c.iter().map(|&x| x as u32).collect()).collect();
+                let want: Vec<Vec<u32>> = i64s(exp)
+                    .chunks(len)
+                    .map(|c| c.iter().map(|&x| x as u32).collect())
+                    .collect();
                 r.eq(name, &gen, &want);
             }
             "generated_top5_ids" | "generated_top5_logits" => {
@@ -520,25 +683,45 @@ fn check_gpt2_fixture(dir: &Path) -> Vec<String> {
                     for step in 0..s.min(top5[region].0.len()) {
                         let at = (region * s + step) * k;
                         if name == "generated_top5_ids" {
-                            let ours: Vec<i64> = top5[region].0[step].iter().map(|&x| x as i64).collect();
-                            r.eq(&format!("{name}[{region},{step}]"), ours, e_ids[at..at + k].to_vec());
+                            let ours: Vec<i64> =
+                                top5[region].0[step].iter().map(|&x| x as i64).collect();
+                            r.eq(
+                                &format!("{name}[{region},{step}]"),
+                                ours,
+                                e_ids[at..at + k].to_vec(),
+                            );
                         } else {
                             let lg = &top5[region].1[step];
-                            let ours: Vec<f32> = e_ids[at..at + k].iter().map(|&i| lg[i as usize]).collect();
-                            r.close(&format!("{name}[{region},{step}]"), &ours, &e_log[at..at + k], F32_TOL);
+                            let ours: Vec<f32> =
+                                e_ids[at..at + k].iter().map(|&i| lg[i as usize]).collect();
+                            r.close(
+                                &format!("{name}[{region},{step}]"),
+                                &ours,
+                                &e_log[at..at + k],
+                                F32_TOL,
+                            );
                         }
                     }
                 }
             }
             other => match tr.get(other) {
                 Some(ours) => r.tensor(other, ours, exp, F32_TOL),
-                None => r.failures.push(format!("{}: tensor `{other}` has no check", r.fixture)),
+                None => r
+                    .failures
+                    .push(format!("{}: tensor `{other}` has no check", r.fixture)),
             },
         }
     }
     let tok = Tokenizer::from_dir(&parity_dir().join("tokenizer")).expect("tokenizer fixture");
-    let texts: Vec<String> = gen.iter().map(|g| tok.decode(g, true, true).unwrap()).collect();
-    r.eq("generated_text", texts, json_strings(&outputs["generated_text"]));
+    let texts: Vec<String> = gen
+        .iter()
+        .map(|g| tok.decode(g, true, true).unwrap())
+        .collect();
+    r.eq(
+        "generated_text",
+        texts,
+        json_strings(&outputs["generated_text"]),
+    );
     r.finish()
 }
 
@@ -551,10 +734,19 @@ fn check_tokenizer_fixture(dir: &Path) -> Vec<String> {
     let cases = read_json(&dir.join("cases.json"));
     for (i, c) in cases["cases"].as_array().expect("cases").iter().enumerate() {
         let text = c["text"].as_str().expect("text");
-        let want: Vec<u32> = c["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> = c["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
         let ids = tok.encode(text).expect("encode");
         r.eq(&format!("case {i} ids"), &ids, &want);
-        r.eq(&format!("case {i} decoded"), tok.decode(&want, false, false).unwrap(), c["decoded"].as_str().unwrap().to_string());
+        r.eq(
+            &format!("case {i} decoded"),
+            tok.decode(&want, false, false).unwrap(),
+            c["decoded"].as_str().unwrap().to_string(),
+        );
         r.eq(
             &format!("case {i} decoded_clean_up"),
             tok.decode(&want, false, true).unwrap(),
@@ -563,7 +755,10 @@ fn check_tokenizer_fixture(dir: &Path) -> Vec<String> {
         r.eq(
             &format!("case {i} decoded_skip_special_clean_up"),
             tok.decode_caption(&want).unwrap(),
-            c["decoded_skip_special_clean_up"].as_str().unwrap().to_string(),
+            c["decoded_skip_special_clean_up"]
+                .as_str()
+                .unwrap()
+                .to_string(),
         );
     }
     r.finish()
@@ -578,8 +773,17 @@ fn run(kind: Kind, f: impl Fn(&Path) -> Vec<String>) {
             failures.extend(f(&dir));
         }
     }
-    assert!(n > 0, "no {kind:?} fixture under {}", parity_dir().display());
-    assert!(failures.is_empty(), "{} parity failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        n > 0,
+        "no {kind:?} fixture under {}",
+        parity_dir().display()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} parity failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -598,4 +802,74 @@ fn gpt2_fixtures_match_the_official_model() {
 #[test]
 fn tokenizer_fixtures_match_exactly() {
     run(Kind::Tokenizer, check_tokenizer_fixture);
+}
+
+/// Float tolerance after fp16 storage: weights carry a relative rounding error of up to 2^-11,
+/// which compounds through the depth of the network.
+const FP16_TOL: f32 = 1e-2;
+
+/// The fixtures' weights written as an fp16 PyTorch `pytorch_model.bin` (as an official HF
+/// checkpoint is stored) load and reproduce the fixtures: tensors equal their fp16 rounding
+/// exactly, the model on them equals the f32 model on fp16-rounded weights, and every stage
+/// stays within `FP16_TOL` of the official f32 outputs.
+#[test]
+fn sca_fixtures_through_fp16_pytorch_bin() {
+    run(Kind::Sca, |dir| {
+        let orig = Weights::load(dir).expect("fixture weights");
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut tensors: Vec<(String, Tensor)> = orig.iter().map(|(k, t)| (k.to_string(), t.clone())).collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        sca_core::weights::save_torch_bin(&tmp.path().join("pytorch_model.bin"), &tensors, DType::F16)
+            .expect("write fp16 .bin");
+        for f in [
+            "config.json",
+            "preprocessor_config.json",
+            "generation_config.json",
+            "tokenizer.json",
+            "vocab.json",
+            "merges.txt",
+            "image.png",
+        ] {
+            std::fs::copy(dir.join(f), tmp.path().join(f)).expect("copy fixture file");
+        }
+        let from_bin = Weights::load(tmp.path()).expect("load the fp16 .bin");
+        let mut failures = Vec::new();
+        let mut rounded = HashMap::new();
+        for (k, t) in &tensors {
+            let r = t.to_dtype(DType::F16).unwrap().to_dtype(DType::F32).unwrap();
+            let got = from_bin.get(k).unwrap_or_else(|| panic!("{k} missing from the .bin"));
+            if f32s(got) != f32s(&r) {
+                failures.push(format!("{k}: .bin tensor differs from its fp16 rounding"));
+            }
+            rounded.insert(k.clone(), r);
+        }
+        assert_eq!(from_bin.len(), tensors.len(), "key count after the .bin round trip");
+
+        // the loaded .bin model == the f32 model on fp16-rounded weights, through the public API
+        let sca_bin = Sca::load(tmp.path(), Device::Cpu).expect("Sca::load on a .bin checkpoint");
+        let w_round = Weights::from_tensors(rounded, dir.join("rounded"));
+        let sca_round = Sca::from_weights(
+            sca_bin.config().clone(),
+            &w_round,
+            Tokenizer::from_dir(dir).unwrap(),
+            sca_bin.preprocessor.clone(),
+            Default::default(),
+            Device::Cpu,
+        )
+        .expect("model on rounded weights");
+        let fx = ScaFixture::load(dir);
+        let img = load_image(&dir.join("image.png")).unwrap();
+        let prompts = fx.prompts();
+        let a = sca_bin.embed(&img).unwrap();
+        let b = sca_round.embed(&img).unwrap();
+        let ra = sca_bin.predict_many(&a, &prompts, &Decode::EVAL_DEFAULT).unwrap();
+        let rb = sca_round.predict_many(&b, &prompts, &Decode::EVAL_DEFAULT).unwrap();
+        for (x, y) in ra.iter().zip(&rb) {
+            if x.tokens != y.tokens || x.caption != y.caption {
+                failures.push(format!("{}: .bin model tokens {:?} != rounded-weights tokens {:?}", dir.display(), x.tokens, y.tokens));
+            }
+        }
+        failures.extend(check_sca_fixture(dir, from_bin, FP16_TOL, false));
+        failures
+    });
 }

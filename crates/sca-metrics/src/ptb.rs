@@ -582,6 +582,17 @@ impl Lexer<'_> {
             }
         };
 
+        // SREDAUX: the "n't" left after splitting "does|n't".
+        if wl == 1
+            && matches!(w[0], 'n' | 'N')
+            && self.is(after, is_apos_etc)
+            && matches!(self.at(after + 1), Some('t' | 'T'))
+            && !self.is(after + 2, |ch| ch.is_ascii_alphabetic())
+        {
+            let t: String = [w[0], '\'', self.c[after + 1]].iter().collect();
+            return Cand { len: 3, text: Some(lower(&t)) };
+        }
+
         // pro- / anti-
         if (eq_ic(w, "pro") || eq_ic(w, "anti")) && self.at(after) == Some('-') && !self.is(after + 1, is_alnum) {
             consider(wl + 1, None);

@@ -128,14 +128,20 @@ impl Attention {
         let hd = self.head_dim;
         let q4 = q_rows.reshape((n, rows, w, hd))?;
         // rel_h: for each query row i: (n*w, hd) @ Rh[i]^T (hd, Hk) -> (rows, n*w, Hk)
-        let qi = q4.permute((1, 0, 2, 3))?.contiguous()?.reshape((rows, n * w, hd))?;
+        let qi = q4
+            .permute((1, 0, 2, 3))?
+            .contiguous()?
+            .reshape((rows, n * w, hd))?;
         let rh_t = rh.narrow(0, r0, rows)?.transpose(1, 2)?.contiguous()?;
         let rel_h = qi
             .matmul(&rh_t)?
             .reshape((rows, n, w, h))?
             .permute((1, 0, 2, 3))?; // (n, rows, w, Hk)
-        // rel_w: for each query col j: (n*rows, hd) @ Rw[j]^T (hd, Wk) -> (w, n*rows, Wk)
-        let qj = q4.permute((2, 0, 1, 3))?.contiguous()?.reshape((w, n * rows, hd))?;
+                                     // rel_w: for each query col j: (n*rows, hd) @ Rw[j]^T (hd, Wk) -> (w, n*rows, Wk)
+        let qj = q4
+            .permute((2, 0, 1, 3))?
+            .contiguous()?
+            .reshape((w, n * rows, hd))?;
         let rw_t = rw.transpose(1, 2)?.contiguous()?;
         let rel_w = qj
             .matmul(&rw_t)?
@@ -202,8 +208,16 @@ fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, usize, usize)> {
     let (b, h, w, c) = x.dims4()?;
     let ph = (ws - h % ws) % ws;
     let pw = (ws - w % ws) % ws;
-    let x = if ph > 0 { x.pad_with_zeros(1, 0, ph)? } else { x.clone() };
-    let x = if pw > 0 { x.pad_with_zeros(2, 0, pw)? } else { x };
+    let x = if ph > 0 {
+        x.pad_with_zeros(1, 0, ph)?
+    } else {
+        x.clone()
+    };
+    let x = if pw > 0 {
+        x.pad_with_zeros(2, 0, pw)?
+    } else {
+        x
+    };
     let (hp, wp) = (h + ph, w + pw);
     let windows = x
         .reshape((b, hp / ws, ws, wp / ws, ws, c))?
@@ -267,8 +281,12 @@ impl Neck {
         let y = x.reshape((b * h * w, cin))?.matmul(&self.conv1.t()?)?;
         // LayerNorm2d over channels == LayerNorm over the last axis of a channels-last map.
         let y = self.layer_norm1.forward(&y.reshape((b, h, w, cout))?)?;
-        let y = self.conv2.forward(&y.permute((0, 3, 1, 2))?.contiguous()?)?;
-        let y = self.layer_norm2.forward(&y.permute((0, 2, 3, 1))?.contiguous()?)?;
+        let y = self
+            .conv2
+            .forward(&y.permute((0, 3, 1, 2))?.contiguous()?)?;
+        let y = self
+            .layer_norm2
+            .forward(&y.permute((0, 2, 3, 1))?.contiguous()?)?;
         y.permute((0, 3, 1, 2))?.contiguous()
     }
 }
@@ -288,7 +306,9 @@ impl ImageEncoder {
         let (c, p, cin) = (cfg.hidden_size, cfg.patch_size, cfg.num_channels);
         let g = cfg.grid_size();
         let pe = vb.pp("patch_embed").pp("projection");
-        let patch_weight = pe.get((c, cin, p, p), "weight")?.reshape((c, cin * p * p))?;
+        let patch_weight = pe
+            .get((c, cin, p, p), "weight")?
+            .reshape((c, cin * p * p))?;
         let patch_bias = pe.get(c, "bias")?;
         let pos_embed = if cfg.use_abs_pos {
             Some(vb.get((1, g, g, c), "pos_embed")?)
@@ -323,8 +343,7 @@ impl ImageEncoder {
     pub fn forward(&self, pixel_values: &Tensor, trace: &mut Trace) -> Result<Tensor> {
         let (b, cin, s, s2) = pixel_values.dims4()?;
         let p = self.cfg.patch_size;
-        if s != self.cfg.image_size || s2 != self.cfg.image_size || cin != self.cfg.num_channels
-        {
+        if s != self.cfg.image_size || s2 != self.cfg.image_size || cin != self.cfg.num_channels {
             candle_core::bail!(
                 "pixel_values has shape {:?}, the encoder expects (B, {}, {}, {})",
                 pixel_values.dims(),

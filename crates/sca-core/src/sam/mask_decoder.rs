@@ -98,9 +98,12 @@ impl MaskDecoder {
             .collect::<Result<Vec<_>>>()?;
         let hyper = Tensor::cat(&hyper, 1)?; // (M, 4, C/8)
         let (_, c8, h4, w4) = up.dims4()?;
-        let masks = hyper
-            .matmul(&up.reshape((m, c8, h4 * w4))?)?
-            .reshape((m, self.num_mask_tokens, h4, w4))?;
+        let masks = hyper.matmul(&up.reshape((m, c8, h4 * w4))?)?.reshape((
+            m,
+            self.num_mask_tokens,
+            h4,
+            w4,
+        ))?;
         let iou = self.iou_head.forward(&iou_token_out)?; // (M, 4)
         trace.record("iou_predictions_all", &iou);
         let (masks, iou) = if multimask {
@@ -131,6 +134,8 @@ impl MaskDecoder {
 /// (B, C, g, g) -> (B, g*g, C), row-major tokens.
 pub(crate) fn to_tokens(x: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
-    x.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?.reshape((b, h * w, c))
+    x.reshape((b, c, h * w))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, h * w, c))
 }
-

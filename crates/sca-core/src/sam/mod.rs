@@ -29,7 +29,9 @@ pub(crate) struct ConvTranspose2x2 {
 
 impl ConvTranspose2x2 {
     pub(crate) fn new(cin: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get((cin, cout, 2, 2), "weight")?.reshape((cin, cout * 4))?;
+        let weight = vb
+            .get((cin, cout, 2, 2), "weight")?
+            .reshape((cin, cout * 4))?;
         let bias = vb.get(cout, "bias")?;
         Ok(Self {
             weight,

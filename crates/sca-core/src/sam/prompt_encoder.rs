@@ -43,7 +43,11 @@ impl PositionalEmbedding {
 
     /// Coordinates of pixel positions in the model frame `(x+0.5)/S` computed in f64, as the
     /// official code does for its float64 prompt tensors. `pts`: (x, y) pairs.
-    pub fn normalized_coords(pts: &[(f64, f64)], input_size: usize, dev: &Device) -> Result<Tensor> {
+    pub fn normalized_coords(
+        pts: &[(f64, f64)],
+        input_size: usize,
+        dev: &Device,
+    ) -> Result<Tensor> {
         let s = input_size as f64;
         let v: Vec<f32> = pts
             .iter()
@@ -57,10 +61,7 @@ impl PositionalEmbedding {
         let coords: Vec<f32> = (0..g)
             .flat_map(|r| {
                 (0..g).flat_map(move |s| {
-                    [
-                        ((s as f32) + 0.5) / g as f32,
-                        ((r as f32) + 0.5) / g as f32,
-                    ]
+                    [((s as f32) + 0.5) / g as f32, ((r as f32) + 0.5) / g as f32]
                 })
             })
             .collect();
@@ -144,7 +145,10 @@ impl PromptEncoder {
         Ok(Self {
             pe,
             point_embed,
-            not_a_point_embed: vb.pp("not_a_point_embed").get((1, c), "weight")?.reshape(c)?,
+            not_a_point_embed: vb
+                .pp("not_a_point_embed")
+                .get((1, c), "weight")?
+                .reshape(c)?,
             no_mask_embed: vb.pp("no_mask_embed").get((1, c), "weight")?.reshape(c)?,
             mask_embed: MaskEmbed::new(cfg, vb.pp("mask_embed"))?,
             cfg: cfg.clone(),
@@ -166,11 +170,7 @@ impl PromptEncoder {
     /// is given; a box adds two corner tokens. No prompt at all gives zero tokens.
     pub fn embed_sparse(&self, p: &ScaledPrompt) -> Result<Tensor> {
         if p.points.len() != p.labels.len() {
-            candle_core::bail!(
-                "{} points but {} labels",
-                p.points.len(),
-                p.labels.len()
-            )
+            candle_core::bail!("{} points but {} labels", p.points.len(), p.labels.len())
         }
         let dev = self.no_mask_embed.device();
         let s = self.cfg.image_size;

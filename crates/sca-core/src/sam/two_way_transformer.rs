@@ -68,7 +68,11 @@ pub struct TwoWayBlock {
 }
 
 impl TwoWayBlock {
-    pub fn new(cfg: &MaskCaptionDecoderConfig, skip_first_layer_pe: bool, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        cfg: &MaskCaptionDecoderConfig,
+        skip_first_layer_pe: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let (c, nh, r, eps) = (
             cfg.hidden_size,
             cfg.num_attention_heads,
@@ -78,13 +82,23 @@ impl TwoWayBlock {
         Ok(Self {
             self_attn: Attention::new(c, nh, 1, vb.pp("self_attn"))?,
             layer_norm1: layer_norm(c, eps, vb.pp("layer_norm1"))?,
-            cross_attn_token_to_image: Attention::new(c, nh, r, vb.pp("cross_attn_token_to_image"))?,
+            cross_attn_token_to_image: Attention::new(
+                c,
+                nh,
+                r,
+                vb.pp("cross_attn_token_to_image"),
+            )?,
             layer_norm2: layer_norm(c, eps, vb.pp("layer_norm2"))?,
             lin1: linear(c, cfg.mlp_dim, vb.pp("mlp").pp("lin1"))?,
             lin2: linear(cfg.mlp_dim, c, vb.pp("mlp").pp("lin2"))?,
             layer_norm3: layer_norm(c, eps, vb.pp("layer_norm3"))?,
             layer_norm4: layer_norm(c, eps, vb.pp("layer_norm4"))?,
-            cross_attn_image_to_token: Attention::new(c, nh, r, vb.pp("cross_attn_image_to_token"))?,
+            cross_attn_image_to_token: Attention::new(
+                c,
+                nh,
+                r,
+                vb.pp("cross_attn_image_to_token"),
+            )?,
             skip_first_layer_pe,
         })
     }

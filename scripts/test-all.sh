@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every check and test of the repository (the README's test command; CI runs this).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+export SCA_PARITY_DIR="${SCA_PARITY_DIR:-$(cd .. && pwd)/shared/parity}"
+if [ ! -d "$SCA_PARITY_DIR" ]; then
+  echo "error: parity fixtures not found at $SCA_PARITY_DIR (set SCA_PARITY_DIR to shared/parity)" >&2
+  exit 1
+fi
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --workspace
