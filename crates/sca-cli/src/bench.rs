@@ -37,7 +37,14 @@ pub struct BenchArgs {
 struct RandomBackend;
 
 impl SimpleBackend for RandomBackend {
-    fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let t = if name.ends_with("bias") {
             Tensor::zeros(s, DType::F32, dev)?
         } else if s.rank() == 1 {
@@ -104,13 +111,15 @@ fn reset_peak_rss() {
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
+    let text = std::fs::read_to_string(&a.config)
+        .with_context(|| format!("reading {}", a.config.display()))?;
     let mut cfg = ScaConfig::from_json(&text, &a.config)?;
     if let Some(s) = a.image_size {
         cfg.vision_config.image_size = s;
         cfg.prompt_encoder_config.image_size = s;
     }
-    cfg.validate().map_err(|m| anyhow::anyhow!("{}: {m}", a.config.display()))?;
+    cfg.validate()
+        .map_err(|m| anyhow::anyhow!("{}: {m}", a.config.display()))?;
     let dev = Device::Cpu;
     let vb = VarBuilder::from_backend(Box::new(RandomBackend), DType::F32, dev.clone());
     let model = ScaModel::new(&cfg, vb).context("building the model")?;
@@ -138,7 +147,12 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let encoder_ms = median(enc);
 
     let box_prompt = |i: usize| ScaledPrompt {
-        box_: Some([10.0 + i as f64, 20.0, s as f64 / 2.0, s as f64 / 2.0 + i as f64]),
+        box_: Some([
+            10.0 + i as f64,
+            20.0,
+            s as f64 / 2.0,
+            s as f64 / 2.0 + i as f64,
+        ]),
         ..Default::default()
     };
     let one = vec![box_prompt(0)];
@@ -147,9 +161,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let decoder_ms = time(a.runs, || {
         let sparse = model.prompt_encoder.embed_sparse(&one[0])?.unsqueeze(0)?;
         let dense = model.prompt_encoder.embed_dense(None)?.unsqueeze(0)?;
-        Ok(model.mask_decoder.forward(&emb, &pe, &sparse, &dense, true, &mut Trace::default())?)
+        Ok(model
+            .mask_decoder
+            .forward(&emb, &pe, &sparse, &dense, true, &mut Trace::default())?)
     })?;
-    let decoder_mixer_ms = time(a.runs, || Ok(model.decode_prompts(&emb, &one, true, &mut Trace::default())?))?;
+    let decoder_mixer_ms = time(a.runs, || {
+        Ok(model.decode_prompts(&emb, &one, true, &mut Trace::default())?)
+    })?;
 
     // LM: 14-token prefix prefill, then 20 single-token steps with the KV cache.
     let d = cfg.text_config.n_embd;
@@ -160,7 +178,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     for _ in 0..3 {
         let mut cache = model.lm.new_cache();
         let t = Instant::now();
-        let h = model.lm.forward_embeds(&prefix, None, &mut cache, "", &mut tr)?;
+        let h = model
+            .lm
+            .forward_embeds(&prefix, None, &mut cache, "", &mut tr)?;
         let mut logits = model.lm.last_logits(&h)?;
         prefill.push(t.elapsed().as_secs_f64() * 1e3);
         for _ in 0..20 {
@@ -206,21 +226,42 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let base = |v: f64| -> String { format!("{v:>10.1}") };
     println!("| stage | sca (ms) | PyTorch (ms) | ratio |");
     println!("|---|---:|---:|---:|");
-    let row = |name: &str, ours: f64, theirs: Option<f64>| {
-        match theirs {
-            Some(t) => println!("| {name} | {ours:.1} | {} | {:.2}x |", base(t).trim(), ours / t),
-            None => println!("| {name} | {ours:.1} | - | - |"),
-        }
+    let row = |name: &str, ours: f64, theirs: Option<f64>| match theirs {
+        Some(t) => println!(
+            "| {name} | {ours:.1} | {} | {:.2}x |",
+            base(t).trim(),
+            ours / t
+        ),
+        None => println!("| {name} | {ours:.1} | - | - |"),
     };
     row("image encoder", res.encoder_ms, Some(10_620.0));
-    row("prompt encoder + mask decoder, 1 box", res.decoder_ms, Some(62.6));
-    row("decoder + mixer + projection, 1 box", res.decoder_mixer_ms, Some(314.0));
-    row("LM prefill (14-token prefix)", res.lm_prefill_ms, Some(87.9));
+    row(
+        "prompt encoder + mask decoder, 1 box",
+        res.decoder_ms,
+        Some(62.6),
+    );
+    row(
+        "decoder + mixer + projection, 1 box",
+        res.decoder_mixer_ms,
+        Some(314.0),
+    );
+    row(
+        "LM prefill (14-token prefix)",
+        res.lm_prefill_ms,
+        Some(87.9),
+    );
     row("LM decode step (KV cache)", res.lm_ms_per_token, Some(36.7));
     row("1 prompt: decoder+mixer+20 tokens", res.prompt_ms, None);
-    row("8 prompts batched: decoder+mixer+20 tokens", res.batch8_ms, None);
+    row(
+        "8 prompts batched: decoder+mixer+20 tokens",
+        res.batch8_ms,
+        None,
+    );
     println!("| 8 batched / 1 prompt | {:.2}x | | |", res.batch8_over_one);
-    println!("| peak RSS while encoding (MiB) | {:.0} | | |", res.encoder_peak_rss_mb);
+    println!(
+        "| peak RSS while encoding (MiB) | {:.0} | | |",
+        res.encoder_peak_rss_mb
+    );
     println!("| peak RSS, whole run (MiB) | {:.0} | | |", res.peak_rss_mb);
     Ok(())
 }

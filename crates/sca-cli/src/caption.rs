@@ -161,7 +161,10 @@ pub fn run(a: &CaptionArgs) -> Result<()> {
 fn write_mask_png(path: &Path, mask: &[u8], w: usize, h: usize) -> Result<()> {
     let data: Vec<u8> = mask.iter().map(|&v| if v > 0 { 255 } else { 0 }).collect();
     let img = image::GrayImage::from_raw(w as u32, h as u32, data).context("mask size")?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("mask"),

@@ -6,7 +6,11 @@ mod caption;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sca", version, about = "Segment and Caption Anything: masks and captions for clicked regions")]
+#[command(
+    name = "sca",
+    version,
+    about = "Segment and Caption Anything: masks and captions for clicked regions"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -15,7 +15,12 @@ fn parity_dir() -> PathBuf {
 fn sca_fixtures() -> Vec<PathBuf> {
     let dir = parity_dir();
     let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("parity fixtures missing at {} ({e}); set SCA_PARITY_DIR", dir.display()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "parity fixtures missing at {} ({e}); set SCA_PARITY_DIR",
+                dir.display()
+            )
+        })
         .map(|e| e.unwrap().path())
         .filter(|p| p.join("config.json").exists() && p.join("image.png").exists())
         .collect();
@@ -46,7 +51,12 @@ fn prompt_args(region: &Value) -> Vec<String> {
     }
     if let Some(b) = region["box"].as_array() {
         a.push("--box".into());
-        a.push(b.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","));
+        a.push(
+            b.iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        );
     }
     a
 }
@@ -58,7 +68,10 @@ fn caption_prints_each_fixtures_expected_caption() {
         let outputs = read_json(&dir.join("outputs.json"));
         let multimask = inputs["multimask_output"].as_bool().unwrap_or(false);
         for (i, region) in inputs["regions"].as_array().unwrap().iter().enumerate() {
-            for (max_new, key) in [(Some("12"), "generated_text"), (None, "generated_text_default")] {
+            for (max_new, key) in [
+                (Some("12"), "generated_text"),
+                (None, "generated_text_default"),
+            ] {
                 let mut args: Vec<String> = vec![
                     "caption".into(),
                     dir.join("image.png").to_string_lossy().into(),
@@ -76,7 +89,12 @@ fn caption_prints_each_fixtures_expected_caption() {
                 let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
                 let out = sca(&argv);
                 let stdout = String::from_utf8_lossy(&out.stdout);
-                assert!(out.status.success(), "{}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+                assert!(
+                    out.status.success(),
+                    "{}: {}",
+                    dir.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 let want = outputs[key][i].as_str().unwrap();
                 let first = stdout.lines().next().unwrap_or("");
                 assert_eq!(first, want, "{} region {i} ({key})", dir.display());
@@ -91,7 +109,10 @@ fn caption_prints_each_fixtures_expected_caption() {
 
 #[test]
 fn caption_json_and_mask_png() {
-    let dir = sca_fixtures().into_iter().find(|d| d.ends_with("sca_b_box_multimask")).expect("box fixture");
+    let dir = sca_fixtures()
+        .into_iter()
+        .find(|d| d.ends_with("sca_b_box_multimask"))
+        .expect("box fixture");
     let outputs = read_json(&dir.join("outputs.json"));
     let tmp = tempfile::tempdir().unwrap();
     let png = tmp.path().join("mask.png");
@@ -107,11 +128,23 @@ fn caption_json_and_mask_png() {
         "--mask-out",
         png.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
     let r = &v["regions"][0];
-    assert_eq!(r["caption"].as_str().unwrap(), outputs["generated_text_default"][1].as_str().unwrap());
-    let tokens: Vec<u64> = r["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
+    assert_eq!(
+        r["caption"].as_str().unwrap(),
+        outputs["generated_text_default"][1].as_str().unwrap()
+    );
+    let tokens: Vec<u64> = r["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
     let want: Vec<u64> = outputs["generated_sequences_default"][1]
         .as_array()
         .expect("sequences")
@@ -122,7 +155,10 @@ fn caption_json_and_mask_png() {
     assert_eq!(tokens, want[..tokens.len()].to_vec());
     let iou = r["iou"].as_array().unwrap();
     assert_eq!(iou.len(), 3);
-    for (a, b) in iou.iter().zip(outputs["iou_predictions"][0][1].as_array().unwrap()) {
+    for (a, b) in iou
+        .iter()
+        .zip(outputs["iou_predictions"][0][1].as_array().unwrap())
+    {
         assert!((a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-4);
     }
     let masks = r["masks"].as_array().unwrap();
@@ -140,14 +176,20 @@ fn caption_json_and_mask_png() {
 fn fails(args: &[&str]) -> String {
     let out = sca(args);
     let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "expected failure for {args:?}, got success");
+    assert!(
+        !out.status.success(),
+        "expected failure for {args:?}, got success"
+    );
     assert!(!err.contains("panicked"), "panic for {args:?}: {err}");
     assert!(err.starts_with("error: "), "{err}");
     err
 }
 
 fn fixture() -> PathBuf {
-    sca_fixtures().into_iter().find(|d| d.ends_with("sca_b_box_multimask")).expect("box fixture")
+    sca_fixtures()
+        .into_iter()
+        .find(|d| d.ends_with("sca_b_box_multimask"))
+        .expect("box fixture")
 }
 
 #[test]
@@ -156,15 +198,36 @@ fn bad_images_are_reported() {
     let model = dir.to_str().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("nope.png");
-    let err = fails(&["caption", missing.to_str().unwrap(), "--model", model, "--point", "1,1"]);
+    let err = fails(&[
+        "caption",
+        missing.to_str().unwrap(),
+        "--model",
+        model,
+        "--point",
+        "1,1",
+    ]);
     assert!(err.contains("nope.png"), "{err}");
     let empty = tmp.path().join("empty.png");
     std::fs::write(&empty, b"").unwrap();
-    let err = fails(&["caption", empty.to_str().unwrap(), "--model", model, "--point", "1,1"]);
+    let err = fails(&[
+        "caption",
+        empty.to_str().unwrap(),
+        "--model",
+        model,
+        "--point",
+        "1,1",
+    ]);
     assert!(err.contains("empty.png"), "{err}");
     let garbage = tmp.path().join("garbage.jpg");
     std::fs::write(&garbage, b"this is not an image at all").unwrap();
-    let err = fails(&["caption", garbage.to_str().unwrap(), "--model", model, "--point", "1,1"]);
+    let err = fails(&[
+        "caption",
+        garbage.to_str().unwrap(),
+        "--model",
+        model,
+        "--point",
+        "1,1",
+    ]);
     assert!(err.contains("garbage.jpg"), "{err}");
 }
 
@@ -176,7 +239,10 @@ fn bad_prompts_are_reported() {
     let img = img.to_str().unwrap();
     // 160 x 120 image
     let err = fails(&["caption", img, "--model", model, "--point", "200,10"]);
-    assert!(err.contains("(200, 10)") && err.contains("outside"), "{err}");
+    assert!(
+        err.contains("(200, 10)") && err.contains("outside"),
+        "{err}"
+    );
     let err = fails(&["caption", img, "--model", model, "--point", "-1,10"]);
     assert!(err.contains("outside"), "{err}");
     let err = fails(&["caption", img, "--model", model, "--point", "NaN,10"]);
@@ -208,14 +274,26 @@ fn bad_checkpoints_are_reported() {
     let dir = fixture();
     let img = dir.join("image.png");
     let img = img.to_str().unwrap();
-    let run = |ckpt: &Path| fails(&["caption", img, "--model", ckpt.to_str().unwrap(), "--point", "10,10"]);
+    let run = |ckpt: &Path| {
+        fails(&[
+            "caption",
+            img,
+            "--model",
+            ckpt.to_str().unwrap(),
+            "--point",
+            "10,10",
+        ])
+    };
 
     // missing weights
     let t = tempfile::tempdir().unwrap();
     copy_checkpoint(&dir, t.path());
     std::fs::remove_file(t.path().join("model.safetensors")).unwrap();
     let err = run(t.path());
-    assert!(err.contains("model.safetensors") || err.contains("pytorch_model.bin"), "{err}");
+    assert!(
+        err.contains("model.safetensors") || err.contains("pytorch_model.bin"),
+        "{err}"
+    );
 
     // truncated weights
     let t = tempfile::tempdir().unwrap();
@@ -229,7 +307,11 @@ fn bad_checkpoints_are_reported() {
     // corrupt weights
     let t = tempfile::tempdir().unwrap();
     copy_checkpoint(&dir, t.path());
-    std::fs::write(t.path().join("model.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}").unwrap();
+    std::fs::write(
+        t.path().join("model.safetensors"),
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}",
+    )
+    .unwrap();
     let err = run(t.path());
     assert!(err.contains("model.safetensors"), "{err}");
 
@@ -245,9 +327,16 @@ fn bad_checkpoints_are_reported() {
     copy_checkpoint(&dir, t.path());
     let mut cfg = read_json(&dir.join("config.json"));
     cfg["vision_config"]["mlp_dim"] = serde_json::json!(96);
-    std::fs::write(t.path().join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
+    std::fs::write(
+        t.path().join("config.json"),
+        serde_json::to_string(&cfg).unwrap(),
+    )
+    .unwrap();
     let err = run(t.path());
-    assert!(err.contains("vision_encoder.layers.0.mlp.lin1.weight"), "{err}");
+    assert!(
+        err.contains("vision_encoder.layers.0.mlp.lin1.weight"),
+        "{err}"
+    );
     assert!(err.contains("96") && err.contains("192"), "{err}");
 
     // malformed config
@@ -275,10 +364,23 @@ fn bench_runs_on_a_tiny_config() {
         "1",
         "--json",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    for k in ["encoder_ms", "decoder_ms", "decoder_mixer_ms", "lm_ms_per_token", "batch8_ms", "peak_rss_mb"] {
-        let x = v[k].as_f64().unwrap_or_else(|| panic!("{k} missing in {v}"));
+    for k in [
+        "encoder_ms",
+        "decoder_ms",
+        "decoder_mixer_ms",
+        "lm_ms_per_token",
+        "batch8_ms",
+        "peak_rss_mb",
+    ] {
+        let x = v[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} missing in {v}"));
         assert!(x.is_finite() && x > 0.0, "{k} = {x}");
     }
 }

@@ -252,14 +252,14 @@ impl ScaConfig {
         let t = &self.text_config;
         let checks: [(bool, String); 9] = [
             (
-                v.patch_size > 0 && v.image_size % v.patch_size == 0,
+                v.patch_size > 0 && v.image_size.is_multiple_of(v.patch_size),
                 format!(
                     "vision_config.image_size {} is not a multiple of patch_size {}",
                     v.image_size, v.patch_size
                 ),
             ),
             (
-                v.num_attention_heads > 0 && v.hidden_size % v.num_attention_heads == 0,
+                v.num_attention_heads > 0 && v.hidden_size.is_multiple_of(v.num_attention_heads),
                 format!(
                     "vision_config.hidden_size {} is not divisible by num_attention_heads {}",
                     v.hidden_size, v.num_attention_heads
@@ -296,14 +296,14 @@ impl ScaConfig {
             (
                 m.num_attention_heads > 0
                     && m.attention_downsample_rate > 0
-                    && (m.hidden_size / m.attention_downsample_rate) % m.num_attention_heads == 0,
+                    && (m.hidden_size / m.attention_downsample_rate).is_multiple_of(m.num_attention_heads),
                 format!(
                     "mask_caption_decoder_config: hidden_size {} / rate {} not divisible by {} heads",
                     m.hidden_size, m.attention_downsample_rate, m.num_attention_heads
                 ),
             ),
             (
-                t.n_head > 0 && t.n_embd % t.n_head == 0,
+                t.n_head > 0 && t.n_embd.is_multiple_of(t.n_head),
                 format!(
                     "text_config.n_embd {} is not divisible by n_head {}",
                     t.n_embd, t.n_head

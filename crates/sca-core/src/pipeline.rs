@@ -508,18 +508,18 @@ impl Sca {
                 None => groups.push((key, vec![i])),
             }
         }
-        let mut decoded: Vec<Option<(Vec<Vec<f32>>, Vec<f32>)>> = vec![None; prompts.len()];
+        // per prompt: (low-res mask planes, IoU)
+        type Decoded = (Vec<Vec<f32>>, Vec<f32>);
+        let mut decoded: Vec<Option<Decoded>> = vec![None; prompts.len()];
         let mut prefixes: Vec<Option<Tensor>> = vec![None; prompts.len()];
         for ((_, multimask), idx) in &groups {
             let group: Vec<ScaledPrompt> = idx.iter().map(|&i| scaled[i].clone()).collect();
             let out = self
                 .model
                 .decode_prompts(&emb.embedding, &group, *multimask, trace)?;
-            let masks = out.decoder.masks.to_vec3::<f32>().ok();
             let (m, k, lh, lw) = out.decoder.masks.dims4()?;
             let flat = out.decoder.masks.flatten_all()?.to_vec1::<f32>()?;
             let iou = out.decoder.iou.to_vec2::<f32>()?;
-            drop(masks);
             for (j, &i) in idx.iter().enumerate() {
                 let planes = (0..k)
                     .map(|kk| flat[(j * k + kk) * lh * lw..(j * k + kk + 1) * lh * lw].to_vec())

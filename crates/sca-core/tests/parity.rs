@@ -518,7 +518,11 @@ fn check_sca_fixture(dir: &Path, weights: Weights, rel: f32, exact: bool) -> Vec
                 r.eq("masks (len)", ours.len(), want.len());
                 if exact {
                     let ok = flipped <= allowed;
-                    r.eq(&format!("masks: {flipped} flipped pixels <= {allowed}"), ok, true);
+                    r.eq(
+                        &format!("masks: {flipped} flipped pixels <= {allowed}"),
+                        ok,
+                        true,
+                    );
                 } else {
                     let lg = f32s(fx.o("masks_logits_original_size"));
                     let bound = rel * lg.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -528,7 +532,11 @@ fn check_sca_fixture(dir: &Path, weights: Weights, rel: f32, exact: bool) -> Vec
                         .zip(&lg)
                         .filter(|((a, b), l)| a != b && l.abs() > bound)
                         .count();
-                    r.eq(&format!("masks: pixels flipped where |logit| > {bound:.3}"), bad, 0);
+                    r.eq(
+                        &format!("masks: pixels flipped where |logit| > {bound:.3}"),
+                        bad,
+                        0,
+                    );
                 }
             }
             "iou_predictions" => {
@@ -679,19 +687,19 @@ fn check_gpt2_fixture(dir: &Path) -> Vec<String> {
                 let (m, s, k) = exp.dims3().unwrap();
                 let e_ids = i64s(&out["generated_top5_ids"]);
                 let e_log = f32s(&out["generated_top5_logits"]);
-                for region in 0..m {
-                    for step in 0..s.min(top5[region].0.len()) {
+                assert_eq!(m, top5.len(), "{name}: one row per prompt");
+                for (region, (ids5, logits5)) in top5.iter().enumerate() {
+                    for step in 0..s.min(ids5.len()) {
                         let at = (region * s + step) * k;
                         if name == "generated_top5_ids" {
-                            let ours: Vec<i64> =
-                                top5[region].0[step].iter().map(|&x| x as i64).collect();
+                            let ours: Vec<i64> = ids5[step].iter().map(|&x| x as i64).collect();
                             r.eq(
                                 &format!("{name}[{region},{step}]"),
                                 ours,
                                 e_ids[at..at + k].to_vec(),
                             );
                         } else {
-                            let lg = &top5[region].1[step];
+                            let lg = &logits5[step];
                             let ours: Vec<f32> =
                                 e_ids[at..at + k].iter().map(|&i| lg[i as usize]).collect();
                             r.close(
@@ -817,10 +825,17 @@ fn sca_fixtures_through_fp16_pytorch_bin() {
     run(Kind::Sca, |dir| {
         let orig = Weights::load(dir).expect("fixture weights");
         let tmp = tempfile::tempdir().expect("tempdir");
-        let mut tensors: Vec<(String, Tensor)> = orig.iter().map(|(k, t)| (k.to_string(), t.clone())).collect();
+        let mut tensors: Vec<(String, Tensor)> = orig
+            .iter()
+            .map(|(k, t)| (k.to_string(), t.clone()))
+            .collect();
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        sca_core::weights::save_torch_bin(&tmp.path().join("pytorch_model.bin"), &tensors, DType::F16)
-            .expect("write fp16 .bin");
+        sca_core::weights::save_torch_bin(
+            &tmp.path().join("pytorch_model.bin"),
+            &tensors,
+            DType::F16,
+        )
+        .expect("write fp16 .bin");
         for f in [
             "config.json",
             "preprocessor_config.json",
@@ -836,14 +851,24 @@ fn sca_fixtures_through_fp16_pytorch_bin() {
         let mut failures = Vec::new();
         let mut rounded = HashMap::new();
         for (k, t) in &tensors {
-            let r = t.to_dtype(DType::F16).unwrap().to_dtype(DType::F32).unwrap();
-            let got = from_bin.get(k).unwrap_or_else(|| panic!("{k} missing from the .bin"));
+            let r = t
+                .to_dtype(DType::F16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            let got = from_bin
+                .get(k)
+                .unwrap_or_else(|| panic!("{k} missing from the .bin"));
             if f32s(got) != f32s(&r) {
                 failures.push(format!("{k}: .bin tensor differs from its fp16 rounding"));
             }
             rounded.insert(k.clone(), r);
         }
-        assert_eq!(from_bin.len(), tensors.len(), "key count after the .bin round trip");
+        assert_eq!(
+            from_bin.len(),
+            tensors.len(),
+            "key count after the .bin round trip"
+        );
 
         // the loaded .bin model == the f32 model on fp16-rounded weights, through the public API
         let sca_bin = Sca::load(tmp.path(), Device::Cpu).expect("Sca::load on a .bin checkpoint");
@@ -862,11 +887,20 @@ fn sca_fixtures_through_fp16_pytorch_bin() {
         let prompts = fx.prompts();
         let a = sca_bin.embed(&img).unwrap();
         let b = sca_round.embed(&img).unwrap();
-        let ra = sca_bin.predict_many(&a, &prompts, &Decode::EVAL_DEFAULT).unwrap();
-        let rb = sca_round.predict_many(&b, &prompts, &Decode::EVAL_DEFAULT).unwrap();
+        let ra = sca_bin
+            .predict_many(&a, &prompts, &Decode::EVAL_DEFAULT)
+            .unwrap();
+        let rb = sca_round
+            .predict_many(&b, &prompts, &Decode::EVAL_DEFAULT)
+            .unwrap();
         for (x, y) in ra.iter().zip(&rb) {
             if x.tokens != y.tokens || x.caption != y.caption {
-                failures.push(format!("{}: .bin model tokens {:?} != rounded-weights tokens {:?}", dir.display(), x.tokens, y.tokens));
+                failures.push(format!(
+                    "{}: .bin model tokens {:?} != rounded-weights tokens {:?}",
+                    dir.display(),
+                    x.tokens,
+                    y.tokens
+                ));
             }
         }
         failures.extend(check_sca_fixture(dir, from_bin, FP16_TOL, false));

@@ -106,7 +106,14 @@ pub fn parse_corpus(text: &str, path: &Path) -> Result<Vec<Region>, CorpusError>
         path: path.to_owned(),
         line: e.line(),
         column: e.column(),
-        msg: e.to_string(),
+        // serde_json appends " at line L column C"; the position is reported separately.
+        msg: {
+            let m = e.to_string();
+            match m.rfind(" at line ") {
+                Some(k) => m[..k].to_string(),
+                None => m,
+            }
+        },
     })?;
     let fmt = |msg: String| CorpusError::Format { path: path.to_owned(), msg };
     let list = match &value {
