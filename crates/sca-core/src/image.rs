@@ -403,11 +403,24 @@ fn resample_vertical(src: &[u8], w: usize, y_offset: usize, c: &Coeffs) -> Vec<u
     out
 }
 
-/// Pillow-exact `Image.resize((new_w, new_h), Image.BILINEAR)` of an RGB8 image: Pillow's
-/// antialiased triangle filter (support grows with the downscale factor), fixed-point weights
-/// with 22 fractional bits, a horizontal pass over only the rows the vertical pass uses, then the
-/// vertical pass. Same size returns a copy; a zero-size input or output gives a black image of
-/// the requested size.
+/// Which Pillow release's pass order [`resize_pil_bilinear_with`] reproduces. The two passes
+/// round to uint8 in between, so the order can change results by one level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PassOrder {
+    /// Horizontal pass first, always (Pillow up to 12.x, what the SCA reference ran on).
+    #[default]
+    HorizontalFirst,
+    /// Pillow 13.0 and later: vertical pass first when the height shrinks by more than
+    /// twice as many pixels as the width (`in_h - out_h > 0` and
+    /// `in_h - out_h > 2 * (in_w - out_w)`), horizontal first otherwise.
+    Pillow13,
+}
+
+/// Pillow-exact `Image.resize((new_w, new_h), Image.BILINEAR)` of an RGB8 image, as Pillow up to
+/// 12.x computes it (see [`PassOrder`]): Pillow's antialiased triangle filter (support grows
+/// with the downscale factor), fixed-point weights with 22 fractional bits, a horizontal pass
+/// over only the rows the vertical pass reads, then the vertical pass. Same size returns a
+/// copy; a zero-size input or output gives a black image of the requested size.
 ///
 /// ```
 /// let img = image::RgbImage::from_pixel(160, 120, image::Rgb([10, 20, 30]));
@@ -416,6 +429,16 @@ fn resample_vertical(src: &[u8], w: usize, y_offset: usize, c: &Coeffs) -> Vec<u
 /// assert_eq!(out.get_pixel(5, 5).0, [10, 20, 30]);
 /// ```
 pub fn resize_pil_bilinear(img: &RgbImage, new_w: u32, new_h: u32) -> RgbImage {
+    resize_pil_bilinear_with(img, new_w, new_h, PassOrder::HorizontalFirst)
+}
+
+/// [`resize_pil_bilinear`] with the pass order of a given Pillow release.
+pub fn resize_pil_bilinear_with(
+    img: &RgbImage,
+    new_w: u32,
+    new_h: u32,
+    order: PassOrder,
+) -> RgbImage {
     let (in_w, in_h) = (img.width() as usize, img.height() as usize);
     let (out_w, out_h) = (new_w as usize, new_h as usize);
     if out_w == 0 || out_h == 0 || in_w == 0 || in_h == 0 {
@@ -426,26 +449,37 @@ pub fn resize_pil_bilinear(img: &RgbImage, new_w: u32, new_h: u32) -> RgbImage {
     }
     let need_horizontal = out_w != in_w;
     let need_vertical = out_h != in_h;
-    let vert = precompute_coeffs(in_h, 0.0, in_h as f32, out_h);
-    let src: &[u8] = img.as_raw();
-    let (buf, buf_w, y_offset) = if need_horizontal {
-        let horiz = precompute_coeffs(in_w, 0.0, in_w as f32, out_w);
-        // Only rows the vertical pass reads (Pillow's ybox_first..ybox_last).
-        let first = vert.bounds[0].0;
-        let (lmin, ln) = vert.bounds[out_h - 1];
-        let last = lmin + ln;
-        (
-            resample_horizontal(src, in_w, first, last - first, &horiz),
-            out_w,
-            first,
-        )
-    } else {
-        (src.to_vec(), in_w, 0)
+    let (dh, dw) = (in_h as i64 - out_h as i64, in_w as i64 - out_w as i64);
+    let horizontal_first = match order {
+        PassOrder::HorizontalFirst => true,
+        PassOrder::Pillow13 => !(dh > 0 && dh > dw * 2),
     };
-    let out = if need_vertical {
-        resample_vertical(&buf, buf_w, y_offset, &vert)
+    let src: &[u8] = img.as_raw();
+    let vert = precompute_coeffs(in_h, 0.0, in_h as f32, out_h);
+    let horiz = precompute_coeffs(in_w, 0.0, in_w as f32, out_w);
+    let out = if horizontal_first {
+        let (buf, y_offset) = if need_horizontal {
+            // Only rows the vertical pass reads (Pillow's ybox_first..ybox_last).
+            let first = vert.bounds[0].0;
+            let (lmin, ln) = vert.bounds[out_h - 1];
+            let rows = lmin + ln - first;
+            (resample_horizontal(src, in_w, first, rows, &horiz), first)
+        } else {
+            (src.to_vec(), 0)
+        };
+        if need_vertical {
+            resample_vertical(&buf, out_w, y_offset, &vert)
+        } else {
+            buf
+        }
     } else {
-        buf
+        // Pillow13 order; only reached with need_vertical.
+        let buf = resample_vertical(src, in_w, 0, &vert);
+        if need_horizontal {
+            resample_horizontal(&buf, in_w, 0, out_h, &horiz)
+        } else {
+            buf
+        }
     };
     // Both passes produce exactly out_w * out_h * 3 bytes.
     RgbImage::from_raw(new_w, new_h, out).unwrap_or_else(|| RgbImage::new(new_w, new_h))
@@ -541,4 +575,50 @@ pub fn scale_box(b: [f64; 4], original: (usize, usize), resized: (usize, usize))
     let (x1, y1) = scale_point(b[0], b[1], original, resized);
     let (x2, y2) = scale_point(b[2], b[3], original, resized);
     [x1, y1, x2, y2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coefficients_are_normalised_and_in_bounds() {
+        for (inp, out) in [(160, 128), (3, 16), (1000, 7), (1025, 1024), (1, 5)] {
+            let c = precompute_coeffs(inp, 0.0, inp as f32, out);
+            for (i, &(xmin, n)) in c.bounds.iter().enumerate() {
+                assert!(n >= 1 && xmin + n <= inp && n <= c.ksize);
+                let sum: i64 = c.kk[i * c.ksize..i * c.ksize + n]
+                    .iter()
+                    .map(|&k| k as i64)
+                    .sum();
+                // each tap is rounded to nearest, so the sum is within n/2 of 1.0
+                assert!(
+                    (sum - (1 << PRECISION_BITS)).abs() <= n as i64,
+                    "{inp}->{out} #{i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn clip8_saturates() {
+        assert_eq!(clip8(-1), 0);
+        assert_eq!(clip8(i32::MIN), 0);
+        assert_eq!(
+            clip8((255 << PRECISION_BITS) + (1 << (PRECISION_BITS - 1))),
+            255
+        );
+        assert_eq!(clip8(300 << PRECISION_BITS), 255);
+        assert_eq!(clip8((7 << PRECISION_BITS) - 1), 6);
+    }
+
+    #[test]
+    fn sixteen_bit_conversion_follows_pillow() {
+        let g = image::ImageBuffer::from_raw(3, 1, vec![7u16, 255, 4660]).unwrap();
+        let rgb = to_rgb8_pil(DynamicImage::ImageLuma16(g));
+        assert_eq!(rgb.as_raw(), &[7, 7, 7, 255, 255, 255, 255, 255, 255]);
+        let c = image::ImageBuffer::from_raw(1, 1, vec![0x1234u16, 0xff80, 0x00ff]).unwrap();
+        let rgb = to_rgb8_pil(DynamicImage::ImageRgb16(c));
+        assert_eq!(rgb.as_raw(), &[0x12, 0xff, 0x00]);
+    }
 }

@@ -7,7 +7,45 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// Source indices and weights of one output index along one axis (torch's CPU upsample
+/// Which of torch's CPU bilinear kernels (torch 2.1, float32) to reproduce bit for bit. Both
+/// interpolate the same way; they differ in how the four products are summed, i.e. in the last
+/// bit. The arithmetic is that of torch's AVX2/AVX-512 builds, whose compiler fuses
+/// multiply-adds (checked against the parity fixtures).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BilinearKernel {
+    /// `upsample_generic_Nd_kernel_impl`: per row `l0*x0 + l1*x1`, then `h0*a + h1*b`.
+    #[default]
+    Generic,
+    /// `cpu_upsample_linear_channels_last` (scalar tail): weights `h*w` products, then one
+    /// four-term sum.
+    ChannelsLast,
+}
+
+impl BilinearKernel {
+    /// The kernel torch picks for an NCHW float32 input with `channels` channels resized to
+    /// `(out_h, out_w)` with `threads` intra-op threads: the channels-last kernel when
+    /// `out_h + out_w <= 128`, or with one thread and exactly 3 channels (e.g. SAM's 3
+    /// multimask outputs); the generic kernel otherwise.
+    pub fn torch_dispatch(channels: usize, out_h: usize, out_w: usize, threads: usize) -> Self {
+        if out_h + out_w <= 128 || (threads == 1 && channels == 3) {
+            BilinearKernel::ChannelsLast
+        } else {
+            BilinearKernel::Generic
+        }
+    }
+}
+
+/// The torch setting [`postprocess_logits_torch`] reproduces: the number of mask planes per
+/// prompt (`K`: 3 with multimask output, else 1) and torch's thread count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TorchCpu {
+    /// Channels of the tensor torch interpolates (masks per prompt).
+    pub channels: usize,
+    /// `torch.get_num_threads()` of the reference run.
+    pub threads: usize,
+}
+
+/// Source indices and weights of one output index along one axis (torch's
 /// `compute_source_index_and_lambda`, float32).
 #[derive(Clone, Copy)]
 struct Tap {
@@ -32,7 +70,8 @@ fn linear_taps(in_size: usize, out_size: usize) -> Vec<Tap> {
     let scale = in_size as f32 / out_size as f32;
     (0..out_size)
         .map(|o| {
-            let real = (scale * (o as f32 + 0.5) - 0.5).max(0.0);
+            // scale * (o + 0.5) - 0.5, fused as torch's build does
+            let real = scale.mul_add(o as f32 + 0.5, -0.5).max(0.0);
             let i0 = (real.floor() as usize).min(in_size - 1);
             let l1 = (real - i0 as f32).clamp(0.0, 1.0);
             let i1 = if i0 < in_size - 1 { i0 + 1 } else { i0 };
@@ -47,6 +86,7 @@ fn linear_taps(in_size: usize, out_size: usize) -> Vec<Tap> {
 }
 
 /// Bilinear resize to `(out_h, out_w)` computing only the top-left `keep_h x keep_w` corner.
+#[allow(clippy::too_many_arguments)]
 fn resize_region(
     src: &[f32],
     h: usize,
@@ -55,6 +95,7 @@ fn resize_region(
     out_w: usize,
     keep_h: usize,
     keep_w: usize,
+    kernel: BilinearKernel,
 ) -> Vec<f32> {
     let keep_h = keep_h.min(out_h);
     let keep_w = keep_w.min(out_w);
@@ -67,32 +108,59 @@ fn resize_region(
     for t in &th[..keep_h] {
         let r0 = &src[t.i0 * w..(t.i0 + 1) * w];
         let r1 = &src[t.i1 * w..(t.i1 + 1) * w];
-        for u in &tw[..keep_w] {
-            let a = u.l0 * r0[u.i0] + u.l1 * r0[u.i1];
-            let b = u.l0 * r1[u.i0] + u.l1 * r1[u.i1];
-            out.push(t.l0 * a + t.l1 * b);
+        match kernel {
+            BilinearKernel::Generic => {
+                for u in &tw[..keep_w] {
+                    let a = u.l0.mul_add(r0[u.i0], u.l1 * r0[u.i1]);
+                    let b = u.l0.mul_add(r1[u.i0], u.l1 * r1[u.i1]);
+                    out.push(t.l0.mul_add(a, t.l1 * b));
+                }
+            }
+            BilinearKernel::ChannelsLast => {
+                for u in &tw[..keep_w] {
+                    let (w00, w01) = (t.l0 * u.l0, t.l0 * u.l1);
+                    let (w10, w11) = (t.l1 * u.l0, t.l1 * u.l1);
+                    let s = r0[u.i0].mul_add(w00, r0[u.i1] * w01);
+                    let s = r1[u.i0].mul_add(w10, s);
+                    out.push(r1[u.i1].mul_add(w11, s));
+                }
+            }
         }
     }
     out
 }
 
 /// `torch.nn.functional.interpolate(x, (out_h, out_w), mode="bilinear", align_corners=False)`
-/// of one row-major `(h, w)` plane, with torch's CPU float32 arithmetic (source index
-/// `(dst + 0.5) * in/out - 0.5` clamped at 0; equal sizes copy). If `src.len() != h * w` or the
-/// input is empty the result is all zeros.
+/// of one row-major `(h, w)` plane, bit-exact with torch's generic CPU kernel (source index
+/// `(dst + 0.5) * in/out - 0.5` clamped at 0, float32 weights; equal sizes copy). If
+/// `src.len() != h * w` or the input is empty the result is all zeros.
 ///
 /// ```
 /// let up = sca_core::masks::resize_bilinear(&[0.0, 1.0], 1, 2, 1, 4);
 /// assert_eq!(up, vec![0.0, 0.25, 0.75, 1.0]);
 /// ```
 pub fn resize_bilinear(src: &[f32], h: usize, w: usize, out_h: usize, out_w: usize) -> Vec<f32> {
-    resize_region(src, h, w, out_h, out_w, out_h, out_w)
+    resize_bilinear_with(src, h, w, out_h, out_w, BilinearKernel::Generic)
+}
+
+/// [`resize_bilinear`] with the arithmetic of a chosen torch kernel.
+pub fn resize_bilinear_with(
+    src: &[f32],
+    h: usize,
+    w: usize,
+    out_h: usize,
+    out_w: usize,
+    kernel: BilinearKernel,
+) -> Vec<f32> {
+    resize_region(src, h, w, out_h, out_w, out_h, out_w, kernel)
 }
 
 /// `SamImageProcessor.post_process_masks` (without thresholding) of one low-resolution logit
 /// plane: bilinear to `(pad_size, pad_size)`, crop to `resized = (h', w')`, bilinear to
-/// `original = (H, W)`. Returns the `H x W` logits. Inconsistent sizes (see
-/// [`resize_bilinear`]) give zeros; the crop is clamped to the padded square.
+/// `original = (H, W)`. Returns the `H x W` logits, bit-exact with torch on CPU for one mask
+/// per prompt (any thread count); see [`postprocess_logits_torch`] for the 3-mask case.
+/// Inconsistent sizes (see [`resize_bilinear`]) give zeros; the crop is clamped to the padded
+/// square.
 ///
 /// ```
 /// let low = vec![2.0f32; 32 * 32];
@@ -108,10 +176,33 @@ pub fn postprocess_logits(
     resized: (usize, usize),
     original: (usize, usize),
 ) -> Vec<f32> {
+    let torch = TorchCpu {
+        channels: 1,
+        threads: 1,
+    };
+    postprocess_logits_torch(low_res, low_h, low_w, pad_size, resized, original, torch)
+}
+
+/// [`postprocess_logits`] reproducing the kernels torch dispatches to for `torch` (see
+/// [`BilinearKernel::torch_dispatch`]): e.g. `TorchCpu { channels: 3, threads: 1 }` for
+/// single-threaded multimask output. The results differ from [`postprocess_logits`] by
+/// float32 rounding only.
+pub fn postprocess_logits_torch(
+    low_res: &[f32],
+    low_h: usize,
+    low_w: usize,
+    pad_size: usize,
+    resized: (usize, usize),
+    original: (usize, usize),
+    torch: TorchCpu,
+) -> Vec<f32> {
     let (rh, rw) = (resized.0.min(pad_size), resized.1.min(pad_size));
+    let k1 = BilinearKernel::torch_dispatch(torch.channels, pad_size, pad_size, torch.threads);
     // The crop is taken from the padded upsample; only that corner is computed.
-    let cropped = resize_region(low_res, low_h, low_w, pad_size, pad_size, rh, rw);
-    resize_bilinear(&cropped, rh, rw, original.0, original.1)
+    let cropped = resize_region(low_res, low_h, low_w, pad_size, pad_size, rh, rw, k1);
+    let (oh, ow) = original;
+    let k2 = BilinearKernel::torch_dispatch(torch.channels, oh, ow, torch.threads);
+    resize_bilinear_with(&cropped, rh, rw, oh, ow, k2)
 }
 
 /// 1 where `logit > threshold`, else 0 (NaN gives 0).
@@ -345,5 +436,34 @@ pub fn mask_iou(a: &[u8], b: &[u8]) -> f32 {
         0.0
     } else {
         (inter as f64 / union as f64) as f32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_string_round_trips_with_negative_deltas() {
+        let runs = vec![0, 1, 40, 2, 5000, 1, 3, 70_000, 2, 0, 1];
+        let s = runs_to_string(&runs);
+        assert!(s.bytes().all(|b| (48..112).contains(&b)));
+        assert_eq!(string_to_runs(&s).unwrap(), runs);
+        assert_eq!(runs_to_string(&[0, 9]), "09");
+        assert_eq!(runs_to_string(&[]), "");
+    }
+
+    #[test]
+    fn taps_copy_equal_sizes_and_clamp_edges() {
+        let t = linear_taps(5, 5);
+        assert!(t
+            .iter()
+            .enumerate()
+            .all(|(i, t)| t.i0 == i && t.l0 == 1.0 && t.l1 == 0.0));
+        let t = linear_taps(2, 8);
+        assert_eq!((t[0].i0, t[0].l1), (0, 0.0));
+        assert_eq!((t[7].i0, t[7].i1), (1, 1));
+        let t = linear_taps(7, 3);
+        assert!(t.iter().all(|t| t.i1 < 7 && (0.0..=1.0).contains(&t.l1)));
     }
 }

@@ -152,7 +152,7 @@ fn one_beam_is_greedy_and_batching_changes_nothing() {
     )
     .unwrap();
     assert_eq!(greedy, one_beam);
-    for i in 0..prefix.dim(0).unwrap() {
+    for (i, want) in greedy.iter().enumerate() {
         let alone = generate(
             &lm,
             &prefix.narrow(0, i, 1).unwrap(),
@@ -161,7 +161,7 @@ fn one_beam_is_greedy_and_batching_changes_nothing() {
             &mut |_, _| true,
         )
         .unwrap();
-        assert_eq!(alone[0], greedy[i]);
+        assert_eq!(&alone[0], want);
     }
     // region 0 of this fixture stops at EOS after 5 tokens
     assert_eq!(greedy[0].len(), 6);

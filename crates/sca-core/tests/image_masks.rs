@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use sca_core::image::{
-    decode_image, load_image, preprocess, resize_pil_bilinear, resized_size, scale_box,
-    scale_point, PreprocessorConfig,
+    decode_image, load_image, preprocess, resize_pil_bilinear, resize_pil_bilinear_with,
+    resized_size, scale_box, scale_point, PassOrder, PreprocessorConfig,
 };
 use sca_core::masks::{
-    binarize, box_xyxy_to_xywh, mask_iou, mask_to_box, postprocess_logits, resize_bilinear,
-    stability_score, CocoRle,
+    binarize, box_xyxy_to_xywh, mask_iou, mask_to_box, postprocess_logits,
+    postprocess_logits_torch, resize_bilinear, resize_bilinear_with, stability_score,
+    BilinearKernel, CocoRle, TorchCpu,
 };
 use sca_core::Error;
 use serde_json::Value;
@@ -110,7 +111,7 @@ fn pattern(w: u32, h: u32, seed: u32) -> image::RgbImage {
                 ^ (c + seed).wrapping_mul(83492791);
             v = (v ^ (v >> 13)).wrapping_mul(1274126177);
             v ^= v >> 16;
-            *p = if ((x / 4) + (y / 4) + c) % 3 == 0 {
+            *p = if matches!(((x / 4) + (y / 4) + c) % 3, 0) {
                 (v & 0xff) as u8
             } else {
                 ((x * 255 / (w - 1).max(1) + y * 255 / (h - 1).max(1) + 85 * c) % 256) as u8
@@ -273,6 +274,7 @@ fn fixture_postprocess_masks() {
         let want_bin = flat_u8(get(&outputs, "masks"));
         let max_mag = want.iter().fold(0f32, |m, v| m.max(v.abs()));
         let mut mismatches = 0;
+        let mut worst = 0f32;
         for plane in 0..ld[1] * ld[2] {
             let src = &low[plane * lh * lw..(plane + 1) * lh * lw];
             let got = postprocess_logits(src, lh, lw, 128, resized, (h, w));
@@ -286,6 +288,18 @@ fn fixture_postprocess_masks() {
                 max <= 1e-4 * max_mag,
                 "{name} plane {plane}: max diff {max} (max |logit| {max_mag})"
             );
+            worst = worst.max(max);
+            // Bit-exact with the kernel torch ran (1 thread, K channels; FMA build).
+            let torch = TorchCpu {
+                channels: ld[2],
+                threads: 1,
+            };
+            let exact = postprocess_logits_torch(src, lh, lw, 128, resized, (h, w), torch);
+            let n_exact = exact.iter().zip(exp).filter(|(a, b)| a != b).count();
+            assert_eq!(
+                n_exact, 0,
+                "{name} plane {plane}: {n_exact} values not bit-exact"
+            );
             let bin = binarize(&got, 0.0);
             let exp_bin = &want_bin[plane * h * w..(plane + 1) * h * w];
             for i in 0..h * w {
@@ -296,43 +310,73 @@ fn fixture_postprocess_masks() {
             }
         }
         assert!(mismatches <= allowed, "{name}: {mismatches} > {allowed}");
+        eprintln!(
+            "{name}: logits max diff {worst:e} (max |logit| {max_mag}), \
+             {mismatches} mask mismatches (<= {allowed} allowed)"
+        );
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Pillow goldens
 
+/// Goldens from two Pillow releases (see `tests/data/pil_resize/README.md`): 10.4 (the classic
+/// horizontal-then-vertical order, `resize_pil_bilinear`) and 13.0 (`PassOrder::Pillow13`).
 #[test]
 fn pillow_resize_goldens() {
-    let dir = golden_dir();
-    let manifest = read_json(&dir.join("manifest.json"));
-    let cases = manifest["resize"].as_array().unwrap();
-    assert!(cases.len() >= 10);
-    for c in cases {
-        let name = c["name"].as_str().unwrap();
-        let u = |k: &str| c[k].as_u64().unwrap() as u32;
-        let src = pattern(u("in_w"), u("in_h"), u("seed"));
-        let out = resize_pil_bilinear(&src, u("out_w"), u("out_h"));
-        assert_eq!(out.dimensions(), (u("out_w"), u("out_h")), "{name}");
-        let stride = u("stride");
-        let sample = read_png_rgb(&dir.join(c["file"].as_str().unwrap()));
-        for (sx, sy, px) in sample.enumerate_pixels() {
-            let got = out.get_pixel(sx * stride, sy * stride).0;
+    let mut versions = 0;
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(golden_dir())
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("pillow-"))
+        })
+        .collect();
+    entries.sort();
+    for dir in entries {
+        let manifest = read_json(&dir.join("manifest.json"));
+        let version = manifest["pillow"].as_str().unwrap().to_string();
+        let major: u32 = version.split('.').next().unwrap().parse().unwrap();
+        let order = if major >= 13 {
+            PassOrder::Pillow13
+        } else {
+            PassOrder::HorizontalFirst
+        };
+        let cases = manifest["resize"].as_array().unwrap();
+        assert!(cases.len() >= 10);
+        for c in cases {
+            let name = format!("pillow {version} {}", c["name"].as_str().unwrap());
+            let u = |k: &str| c[k].as_u64().unwrap() as u32;
+            let src = pattern(u("in_w"), u("in_h"), u("seed"));
+            let out = resize_pil_bilinear_with(&src, u("out_w"), u("out_h"), order);
+            if order == PassOrder::HorizontalFirst {
+                assert_eq!(out, resize_pil_bilinear(&src, u("out_w"), u("out_h")));
+            }
+            assert_eq!(out.dimensions(), (u("out_w"), u("out_h")), "{name}");
+            let stride = u("stride");
+            let sample = read_png_rgb(&dir.join(c["file"].as_str().unwrap()));
+            for (sx, sy, px) in sample.enumerate_pixels() {
+                let got = out.get_pixel(sx * stride, sy * stride).0;
+                assert_eq!(
+                    got,
+                    px.0,
+                    "{name}: pixel ({}, {})",
+                    sx * stride,
+                    sy * stride
+                );
+            }
+            let hash = format!("{:016x}", fnv1a64(out.as_raw()));
             assert_eq!(
-                got,
-                px.0,
-                "{name}: pixel ({}, {})",
-                sx * stride,
-                sy * stride
+                hash,
+                c["fnv1a64"].as_str().unwrap(),
+                "{name}: full-output hash"
             );
         }
-        let hash = format!("{:016x}", fnv1a64(out.as_raw()));
-        assert_eq!(
-            hash,
-            c["fnv1a64"].as_str().unwrap(),
-            "{name}: full-output hash"
-        );
+        versions += 1;
     }
+    assert!(versions >= 2, "expected goldens of two Pillow releases");
 }
 
 #[test]
@@ -347,40 +391,49 @@ fn resize_identity_and_degenerate() {
     );
 }
 
-/// Decoded pixels of the lossless formats equal Pillow's exactly; JPEG and lossy WebP go through
-/// different decoders (zune-jpeg / image-webp vs libjpeg-turbo / libwebp) and are bounded.
+/// PNG (every mode Pillow opens differently: gray, gray+alpha, RGBA, palette, palette with
+/// tRNS, 1-bit, 4-bit, 16-bit gray and RGB, eXIf orientation) and WebP decode exactly as Pillow
+/// 13.0 does. JPEG is NOT bit-exact: the image crate decodes with zune-jpeg, whose IDCT /
+/// upsampling / colour conversion differ from Pillow's libjpeg-turbo by at most 2 levels on
+/// these files (measured when this test was written); the bound documents that gap.
 #[test]
 fn pillow_decode_goldens() {
     let dir = golden_dir().join("decode");
-    let manifest = read_json(&golden_dir().join("manifest.json"));
+    let manifest = read_json(&dir.join("manifest.json"));
     let cases = manifest["decode"].as_array().unwrap();
     let mut report = Vec::new();
+    let mut jpegs = 0;
     for c in cases {
         let file = c["file"].as_str().unwrap();
         let got = load_image(&dir.join(file)).unwrap();
         let want = read_png_rgb(&dir.join(c["expected"].as_str().unwrap()));
         assert_eq!(got.dimensions(), want.dimensions(), "{file}");
-        let max = got
+        let diffs: Vec<u8> = got
             .as_raw()
             .iter()
             .zip(want.as_raw())
             .map(|(a, b)| a.abs_diff(*b))
-            .max()
-            .unwrap_or(0);
-        report.push(format!("{file}: max diff {max}"));
-        let lossy = file.ends_with(".jpg") || file == "lossy.webp";
-        if !lossy {
-            assert_eq!(max, 0, "{file}");
+            .collect();
+        let max = diffs.iter().copied().max().unwrap_or(0);
+        let changed = diffs.iter().filter(|d| **d != 0).count();
+        report.push(format!(
+            "{file}: max diff {max}, {changed}/{} values differ",
+            diffs.len()
+        ));
+        if file.ends_with(".jpg") {
+            jpegs += 1;
+            assert!(max <= JPEG_DECODE_MAX_DIFF, "{file}: max diff {max}");
         } else {
-            assert!(max <= LOSSY_DECODE_TOL, "{file}: max diff {max}");
+            assert_eq!(max, 0, "{file}");
         }
     }
+    assert!(jpegs > 0 && cases.len() > jpegs);
     eprintln!("{}", report.join("\n"));
 }
 
-/// Largest per-channel difference accepted between this crate's JPEG / lossy-WebP decoders and
-/// Pillow's (libjpeg-turbo / libwebp); see the report of `pillow_decode_goldens`.
-const LOSSY_DECODE_TOL: u8 = 255;
+/// Largest per-channel difference between zune-jpeg (this crate) and libjpeg-turbo (Pillow) on
+/// the golden JPEGs; see `pillow_decode_goldens`.
+const JPEG_DECODE_MAX_DIFF: u8 = 2;
 
 // ---------------------------------------------------------------------------------------------
 // decoding: EXIF, modes, errors
@@ -672,6 +725,31 @@ fn bilinear_hand_values() {
 }
 
 #[test]
+fn torch_kernel_dispatch_and_variants() {
+    use BilinearKernel::{ChannelsLast, Generic};
+    assert_eq!(BilinearKernel::torch_dispatch(1, 1024, 1024, 1), Generic);
+    assert_eq!(
+        BilinearKernel::torch_dispatch(3, 1024, 1024, 1),
+        ChannelsLast
+    );
+    assert_eq!(BilinearKernel::torch_dispatch(3, 1024, 1024, 8), Generic);
+    assert_eq!(BilinearKernel::torch_dispatch(1, 60, 68, 8), ChannelsLast);
+    assert_eq!(BilinearKernel::torch_dispatch(1, 60, 69, 8), Generic);
+    // Both kernels agree to float32 rounding and exactly on representable cases.
+    let src: Vec<f32> = (0..6 * 7)
+        .map(|i| ((i * 37) % 23) as f32 * 0.37 - 3.0)
+        .collect();
+    let a = resize_bilinear_with(&src, 6, 7, 50, 41, Generic);
+    let b = resize_bilinear_with(&src, 6, 7, 50, 41, ChannelsLast);
+    assert_eq!(a, resize_bilinear(&src, 6, 7, 50, 41));
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-5));
+    assert_eq!(
+        resize_bilinear_with(&[0.0, 1.0], 1, 2, 1, 4, ChannelsLast),
+        vec![0.0, 0.25, 0.75, 1.0]
+    );
+}
+
+#[test]
 fn postprocess_crop_and_bad_sizes() {
     // A plane whose left half is -1 and right half +1: after pad-upsample and crop to the
     // left half, the mask at original size is mostly negative.
@@ -767,7 +845,9 @@ fn coco_rle_matches_pycocotools() {
     }
     e[..70].fill(1);
     e[39 * 70] = 1;
-    let cases: [(&str, Vec<u8>, usize, usize, &str, u64); 5] = [
+    // (name, mask, h, w, counts, area)
+    type Case = (&'static str, Vec<u8>, usize, usize, &'static str, u64);
+    let cases: [Case; 5] = [
         ("A", a, 4, 5, "0120O030M010O01", 7),
         (
             "B",
@@ -844,7 +924,7 @@ fn coco_rle_round_trip_random() {
     }
     // a long mask exercises multi-character and negative deltas
     let (h, w) = (1000, 700);
-    let mask: Vec<u8> = (0..h * w).map(|i| u8::from(rng.below(1000) < 3)).collect();
+    let mask: Vec<u8> = (0..h * w).map(|_| u8::from(rng.below(1000) < 3)).collect();
     let rle = CocoRle::encode(&mask, h, w);
     assert_eq!(rle.decode().unwrap(), mask);
 }

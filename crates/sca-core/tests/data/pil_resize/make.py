@@ -1,22 +1,24 @@
 """Regenerate the Pillow golden files used by crates/sca-core/tests/image_masks.rs.
 
-Run offline (the Rust tests never call Python):
-    python3 -m venv /tmp/pilvenv && /tmp/pilvenv/bin/pip install pillow numpy
-    /tmp/pilvenv/bin/python make.py            # from this directory
+Run offline (the Rust tests never call Python); see README.md for the exact commands:
+    <python with Pillow X.Y.Z and numpy> make.py            # resize goldens -> pillow-X.Y.Z/
+    <python with Pillow X.Y.Z and numpy> make.py --decode   # also decode goldens -> decode/
 
 Resize cases: the input image is NOT stored; it is the deterministic `pattern(w, h, seed)` below,
 re-implemented in the Rust test. Each case's expected `Image.resize((out_w, out_h),
-Image.BILINEAR)` output is described in manifest.json by an FNV-1a 64 hash of its raw RGB bytes
-(row-major, HWC) and stored as a PNG: the whole output when small, else every `stride`-th row
-and column (rows/cols 0, stride, 2*stride, ...).
+Image.BILINEAR)` output is described in pillow-X.Y.Z/manifest.json by an FNV-1a 64 hash of its
+raw RGB bytes (row-major, HWC) and stored as a PNG: the whole output when small, else every
+`stride`-th row and column (rows/cols 0, stride, 2*stride, ...).
 
 Decode cases (decode/): small files in several formats/modes and the expected
-`ImageOps.exif_transpose(Image.open(f)).convert("RGB")` as `<name>.expected.png`.
+`ImageOps.exif_transpose(Image.open(f)).convert("RGB")` as `<name>.expected.png`, listed in
+decode/manifest.json.
 """
 import io
 import json
 import os
 import struct
+import sys
 import zlib
 
 import numpy as np
@@ -73,11 +75,13 @@ RESIZE_CASES = [
     ("down_600x2_to_7x1", 600, 2, (7, 1)),
     ("down_1024x1023_to_1000", 1024, 1023, 1000),
 ]
-MAX_FULL_PIXELS = 20000
-SAMPLE_PIXELS = 12000
+MAX_FULL_PIXELS = 12000
+SAMPLE_PIXELS = 6000
 
 
 def make_resize():
+    d = os.path.join(HERE, f"pillow-{PIL.__version__}")
+    os.makedirs(d, exist_ok=True)
     cases = []
     for i, (name, w, h, target) in enumerate(RESIZE_CASES):
         if isinstance(target, tuple):
@@ -94,12 +98,14 @@ def make_resize():
             stride += 1
         sample = np.ascontiguousarray(out[::stride, ::stride])
         fname = f"{name}.png"
-        Image.fromarray(sample).save(os.path.join(HERE, fname), optimize=True)
+        Image.fromarray(sample).save(os.path.join(d, fname), optimize=True)
         cases.append(
             dict(name=name, seed=i, in_w=w, in_h=h, out_w=ow, out_h=oh,
                  fnv1a64=f"{fnv1a64(out.tobytes()):016x}", file=fname, stride=stride)
         )
-    return cases
+    with open(os.path.join(d, "manifest.json"), "w") as f:
+        json.dump(dict(pillow=PIL.__version__, numpy=np.__version__, resize=cases), f, indent=1)
+        f.write("\n")
 
 
 def raw_png(w, h, bitdepth, colortype, rows, chunks=()):
@@ -178,15 +184,15 @@ def make_decode():
         exp = f"{name}.expected.png"
         out.save(os.path.join(d, exp), optimize=True)
         manifest.append(dict(file=name, pil_mode=mode, expected=exp, width=out.width, height=out.height))
-    return manifest
+    with open(os.path.join(d, "manifest.json"), "w") as f:
+        json.dump(dict(pillow=PIL.__version__, decode=manifest), f, indent=1)
+        f.write("\n")
 
 
 def main():
-    resize = make_resize()
-    decode = make_decode()
-    with open(os.path.join(HERE, "manifest.json"), "w") as f:
-        json.dump(dict(pillow=PIL.__version__, numpy=np.__version__, resize=resize, decode=decode), f, indent=1)
-        f.write("\n")
+    make_resize()
+    if "--decode" in sys.argv[1:]:
+        make_decode()
 
 
 if __name__ == "__main__":
