@@ -1,63 +1,35 @@
-use candle_core::{Device, Tensor};
+//! Scratch micro-benchmark of the sca-core CPU kernels (matmul, GELU, softmax).
+use sca_core::ops::{gemm, kernels};
 use std::time::Instant;
-fn main() -> candle_core::Result<()> {
-    let d = Device::Cpu;
-    for &(m, k, n) in &[
-        (4096usize, 768usize, 2304usize),
-        (4096, 768, 3072),
-        (4096, 3072, 768),
-        (2048, 2048, 2048),
-    ] {
-        let a = Tensor::randn(0f32, 1., (m, k), &d)?;
-        let b = Tensor::randn(0f32, 1., (n, k), &d)?;
-        let bt = b.t()?;
-        let bc = bt.contiguous()?;
-        a.matmul(&bt)?;
-        for (name, rhs) in [("w.t()", &bt), ("contig", &bc)] {
-            let t = Instant::now();
-            let r = 5;
-            for _ in 0..r {
-                a.matmul(rhs)?;
-            }
-            let s = t.elapsed().as_secs_f64() / r as f64;
-            println!(
-                "{m}x{k}x{n} {name}: {:.1} ms, {:.1} GFLOP/s",
-                s * 1e3,
-                2.0 * (m * k * n) as f64 / s / 1e9
-            );
-        }
-    }
-    // attention-like batched: (N, 196, 64) @ (N, 64, 196)
-    let q = Tensor::randn(0f32, 1., (300, 196, 64), &d)?;
-    let k = Tensor::randn(0f32, 1., (300, 64, 196), &d)?;
-    q.matmul(&k)?;
+
+fn bench(name: &str, flops: f64, reps: usize, mut f: impl FnMut()) {
+    f();
     let t = Instant::now();
-    for _ in 0..5 {
-        q.matmul(&k)?;
+    for _ in 0..reps {
+        f();
     }
-    let s = t.elapsed().as_secs_f64() / 5.0;
-    println!(
-        "batched 300x196x64x196: {:.1} ms {:.1} GFLOP/s",
-        s * 1e3,
-        2.0 * 300.0 * 196.0 * 64.0 * 196.0 / s / 1e9
-    );
-    let x = Tensor::randn(0f32, 1., (300, 196, 196), &d)?;
-    let t = Instant::now();
-    for _ in 0..5 {
-        candle_nn::ops::softmax_last_dim(&x)?;
+    let s = t.elapsed().as_secs_f64() / reps as f64;
+    println!("{name}: {:.2} ms, {:.1} GFLOP/s", s * 1e3, flops / s / 1e9);
+}
+
+fn main() {
+    let rnd = |n: usize| (0..n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect::<Vec<f32>>();
+    for &(m, k, n) in &[(4096usize, 768usize, 2304usize), (4096, 768, 3072), (4096, 3072, 768), (2048, 2048, 2048), (4096, 256, 128), (1, 768, 2304), (1, 768, 50257), (8, 768, 50257)] {
+        let a = rnd(m * k);
+        let w = rnd(n * k);
+        let mut c = vec![0f32; m * n];
+        let reps = if m * n * k > 100_000_000 { 5 } else { 50 };
+        bench(&format!("{m}x{k}x{n} par"), 2.0 * (m * k * n) as f64, reps, || {
+            gemm::par_gemm(1.0, gemm::Mat::dense(&a, m, k), gemm::Mat::dense(&w, n, k).t(), 0.0, &mut c, n)
+        });
+        bench(&format!("{m}x{k}x{n} 1thr"), 2.0 * (m * k * n) as f64, reps, || {
+            gemm::gemm(1.0, gemm::Mat::dense(&a, m, k), gemm::Mat::dense(&w, n, k).t(), 0.0, &mut c, n)
+        });
     }
-    println!(
-        "softmax 300x196x196: {:.1} ms",
-        t.elapsed().as_secs_f64() / 5.0 * 1e3
-    );
-    let x = Tensor::randn(0f32, 1., (4096, 3072), &d)?;
-    let t = Instant::now();
-    for _ in 0..5 {
-        x.gelu_erf()?;
-    }
-    println!(
-        "gelu_erf 4096x3072: {:.1} ms",
-        t.elapsed().as_secs_f64() / 5.0 * 1e3
-    );
-    Ok(())
+    let mut x = rnd(4096 * 3072);
+    bench("gelu 4096x3072 (1 thread)", 0.0, 5, || kernels::gelu_inplace(&mut x));
+    let mut s = rnd(300 * 196 * 196);
+    let rh = rnd(300 * 196 * 14);
+    bench("softmax_rel_pos 300x196x196 (1 thread)", 0.0, 5, || kernels::softmax_rel_pos(&mut s, &rh, &rh, 14, 14));
+    bench("softmax 300x196x196 (1 thread)", 0.0, 5, || kernels::softmax_rows(&mut s, 196));
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod caption;
+mod score;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Caption (and segment) the region a point or box prompt selects.
     Caption(caption::CaptionArgs),
+    /// Score captions against references: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D.
+    Score(score::ScoreArgs),
     /// Time every stage of a model built from a config with random weights.
     Bench(bench::BenchArgs),
 }
@@ -35,6 +38,7 @@ fn main() {
     let cli = Cli::parse();
     let res = match cli.command {
         Command::Caption(a) => caption::run(&a),
+        Command::Score(a) => score::run(&a),
         Command::Bench(a) => bench::run(&a),
     };
     if let Err(e) = res {

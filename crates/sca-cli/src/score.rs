@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use sca_metrics::{load_corpus, score_regions, MeteorData, Metrics, RegionId, Stage};
+use sca_metrics::{
+    load_corpus, score_tokenized, tokenize_regions, MeteorData, Metrics, RegionId, Stage,
+};
 
 /// Corpora at least this large get a progress bar (on a terminal).
 const PROGRESS_MIN_REGIONS: usize = 5_000;
@@ -63,23 +65,16 @@ struct JsonRegion {
 pub fn run(args: &ScoreArgs) -> Result<()> {
     let regions = load_corpus(&args.corpus)?;
     let n = regions.len();
-    let bar = if n >= PROGRESS_MIN_REGIONS { ProgressBar::new(n as u64) } else { ProgressBar::hidden() };
+    let bar = if n >= PROGRESS_MIN_REGIONS {
+        ProgressBar::new(n as u64)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} regions ({elapsed})")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
-
-    let meteor = if args.no_meteor {
-        None
-    } else {
-        let dir = MeteorData::locate(args.meteor_data.as_deref())?;
-        bar.set_message("loading METEOR data");
-        bar.enable_steady_tick(Duration::from_millis(200));
-        let data = MeteorData::load(&dir).with_context(|| format!("loading METEOR data from {}", dir.display()))?;
-        bar.disable_steady_tick();
-        Some(data)
-    };
 
     let progress = |stage: Stage, done: usize, total: usize| {
         let msg = match stage {
@@ -91,7 +86,29 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     };
-    let scores = score_regions(&regions, meteor.as_ref(), Some(&progress))
+    // Locate the METEOR data before any work, so that a missing install fails fast.
+    let meteor_dir = if args.no_meteor {
+        None
+    } else {
+        Some(MeteorData::locate(args.meteor_data.as_deref())?)
+    };
+    let tokenized = tokenize_regions(&regions, Some(&progress));
+    let meteor = match meteor_dir {
+        None => None,
+        Some(dir) => {
+            bar.set_message("loading METEOR data");
+            bar.enable_steady_tick(Duration::from_millis(200));
+            // Only the paraphrases this corpus can use: same scores, much faster to load.
+            let sentences = tokenized.iter().flat_map(|r| {
+                std::iter::once(r.candidate.as_str()).chain(r.references.iter().map(String::as_str))
+            });
+            let data = MeteorData::load_for(&dir, sentences)
+                .with_context(|| format!("loading METEOR data from {}", dir.display()))?;
+            bar.disable_steady_tick();
+            Some(data)
+        }
+    };
+    let scores = score_tokenized(&tokenized, meteor.as_ref(), Some(&progress))
         .with_context(|| format!("scoring {}", args.corpus.display()))?;
     bar.finish_and_clear();
 
@@ -135,7 +152,9 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
 fn print_table(out: &mut impl Write, c: &Metrics, n: usize, path: &std::path::Path) -> Result<()> {
     writeln!(out, "{} ({n} regions)", path.display())?;
     writeln!(out, "{:<8} {:>10}", "metric", "score")?;
-    let meteor = c.meteor.map_or_else(|| "-".to_string(), |m| format!("{m:.4}"));
+    let meteor = c
+        .meteor
+        .map_or_else(|| "-".to_string(), |m| format!("{m:.4}"));
     for (k, v) in [
         ("BLEU-1", format!("{:.4}", c.bleu1)),
         ("BLEU-2", format!("{:.4}", c.bleu2)),

@@ -11,6 +11,7 @@ pub mod gpt2;
 pub mod image;
 pub mod masks;
 pub mod mixer;
+pub mod ops;
 pub mod pipeline;
 pub mod sam;
 pub mod tokenizer;

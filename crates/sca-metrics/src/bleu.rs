@@ -57,7 +57,11 @@ impl BleuStats {
 }
 
 /// BLEU statistics of one candidate (word ids) against its references (word ids).
-pub(crate) fn region_stats(cand: &[u32], cand_counts: &[(Gram, u32)], refs: &[Vec<u32>]) -> BleuStats {
+pub(crate) fn region_stats(
+    cand: &[u32],
+    cand_counts: &[(Gram, u32)],
+    refs: &[Vec<u32>],
+) -> BleuStats {
     let testlen = cand.len() as u64;
     // Maximum count of each n-gram over the references (only the candidate's n-grams matter).
     let mut maxref: Vec<u32> = vec![0; cand_counts.len()];
@@ -85,5 +89,10 @@ pub(crate) fn region_stats(cand: &[u32], cand_counts: &[(Gram, u32)], refs: &[Ve
     for (k, slot) in guess.iter_mut().enumerate() {
         *slot = testlen.saturating_sub(k as u64);
     }
-    BleuStats { testlen, reflen: reflen.map_or(0, |r| r.1), guess, correct }
+    BleuStats {
+        testlen,
+        reflen: reflen.map_or(0, |r| r.1),
+        guess,
+        correct,
+    }
 }

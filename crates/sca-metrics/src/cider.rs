@@ -80,7 +80,11 @@ pub(crate) fn cider_d(cands: &[Vec<(Gram, u32)>], refs: &[Vec<Vec<(Gram, u32)>>]
             m
         })
         .reduce(FxHashMap::default, |mut a, b| {
-            let (mut big, small) = if a.len() >= b.len() { (std::mem::take(&mut a), b) } else { (b, a) };
+            let (mut big, small) = if a.len() >= b.len() {
+                (std::mem::take(&mut a), b)
+            } else {
+                (b, a)
+            };
             for (g, c) in small {
                 *big.entry(g).or_insert(0) += c;
             }

@@ -89,8 +89,10 @@ pub enum CorpusError {
 /// println!("{} regions", regions.len());
 /// ```
 pub fn load_corpus(path: &Path) -> Result<Vec<Region>, CorpusError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| CorpusError::Io { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| CorpusError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     parse_corpus(&text, path)
 }
 
@@ -115,30 +117,61 @@ pub fn parse_corpus(text: &str, path: &Path) -> Result<Vec<Region>, CorpusError>
             }
         },
     })?;
-    let fmt = |msg: String| CorpusError::Format { path: path.to_owned(), msg };
+    let fmt = |msg: String| CorpusError::Format {
+        path: path.to_owned(),
+        msg,
+    };
     let list = match &value {
         Value::Array(a) => a,
         Value::Object(o) => match o.get("regions") {
             Some(Value::Array(a)) => a,
             Some(_) => return Err(fmt("field \"regions\" must be an array".into())),
-            None => return Err(fmt("missing field \"regions\" (expected {\"regions\": [...]})".into())),
+            None => {
+                return Err(fmt(
+                    "missing field \"regions\" (expected {\"regions\": [...]})".into(),
+                ))
+            }
         },
-        _ => return Err(fmt("expected an object with \"regions\" or an array of regions".into())),
+        _ => {
+            return Err(fmt(
+                "expected an object with \"regions\" or an array of regions".into(),
+            ))
+        }
     };
     let mut out = Vec::with_capacity(list.len());
     let mut seen: std::collections::HashMap<RegionId, usize> = Default::default();
     for (i, r) in list.iter().enumerate() {
-        let o = r.as_object().ok_or_else(|| fmt(format!("region {i}: expected an object")))?;
+        let o = r
+            .as_object()
+            .ok_or_else(|| fmt(format!("region {i}: expected an object")))?;
         let id = match o.get("id") {
-            Some(Value::Number(n)) if n.as_i64().is_some() => RegionId::Int(n.as_i64().unwrap_or(0)),
+            Some(Value::Number(n)) if n.as_i64().is_some() => {
+                RegionId::Int(n.as_i64().unwrap_or(0))
+            }
             Some(Value::String(s)) => RegionId::Str(s.clone()),
-            Some(_) => return Err(fmt(format!("region {i}: \"id\" must be an integer or a string"))),
+            Some(_) => {
+                return Err(fmt(format!(
+                    "region {i}: \"id\" must be an integer or a string"
+                )))
+            }
             None => return Err(fmt(format!("region {i}: missing field \"id\""))),
         };
-        let candidate = match o.get("candidate").or_else(|| o.get("caption")).or_else(|| o.get("prediction")) {
+        let candidate = match o
+            .get("candidate")
+            .or_else(|| o.get("caption"))
+            .or_else(|| o.get("prediction"))
+        {
             Some(Value::String(s)) => s.clone(),
-            Some(_) => return Err(fmt(format!("region {i} (id {id}): \"candidate\" must be a string"))),
-            None => return Err(fmt(format!("region {i} (id {id}): missing field \"candidate\""))),
+            Some(_) => {
+                return Err(fmt(format!(
+                    "region {i} (id {id}): \"candidate\" must be a string"
+                )))
+            }
+            None => {
+                return Err(fmt(format!(
+                    "region {i} (id {id}): missing field \"candidate\""
+                )))
+            }
         };
         let references = match o.get("references") {
             Some(Value::Array(a)) => {
@@ -146,32 +179,55 @@ pub fn parse_corpus(text: &str, path: &Path) -> Result<Vec<Region>, CorpusError>
                 for (k, v) in a.iter().enumerate() {
                     match v {
                         Value::String(s) => refs.push(s.clone()),
-                        _ => return Err(fmt(format!("region {i} (id {id}): references[{k}] must be a string"))),
+                        _ => {
+                            return Err(fmt(format!(
+                                "region {i} (id {id}): references[{k}] must be a string"
+                            )))
+                        }
                     }
                 }
                 refs
             }
-            Some(_) => return Err(fmt(format!("region {i} (id {id}): \"references\" must be an array of strings"))),
-            None => return Err(fmt(format!("region {i} (id {id}): missing field \"references\""))),
+            Some(_) => {
+                return Err(fmt(format!(
+                    "region {i} (id {id}): \"references\" must be an array of strings"
+                )))
+            }
+            None => {
+                return Err(fmt(format!(
+                    "region {i} (id {id}): missing field \"references\""
+                )))
+            }
         };
         if references.is_empty() {
-            return Err(fmt(format!("region {i} (id {id}): \"references\" is empty (at least one is needed)")));
+            return Err(fmt(format!(
+                "region {i} (id {id}): \"references\" is empty (at least one is needed)"
+            )));
         }
         if let Some(&first) = seen.get(&id) {
-            return Err(CorpusError::DuplicateId { path: path.to_owned(), id, first, second: i });
+            return Err(CorpusError::DuplicateId {
+                path: path.to_owned(),
+                id,
+                first,
+                second: i,
+            });
         }
         seen.insert(id.clone(), i);
-        out.push(Region { id, candidate, references });
+        out.push(Region {
+            id,
+            candidate,
+            references,
+        });
     }
     Ok(out)
 }
 
-/// Checks that region ids are unique (for regions built in code rather than read from a file).
-pub(crate) fn check_unique(regions: &[Region]) -> Result<(), RegionId> {
-    let mut seen = HashSet::with_capacity(regions.len());
-    for r in regions {
-        if !seen.insert(&r.id) {
-            return Err(r.id.clone());
+/// Checks that region ids are unique; returns the first repeated one.
+pub(crate) fn check_unique<'a>(ids: impl Iterator<Item = &'a RegionId>) -> Result<(), RegionId> {
+    let mut seen = HashSet::new();
+    for id in ids {
+        if !seen.insert(id) {
+            return Err(id.clone());
         }
     }
     Ok(())

@@ -19,6 +19,8 @@
 //! with [`meteor::MeteorData::load`].
 
 #![warn(missing_docs)]
+// The ports keep the reference implementations' index loops so they can be compared line by line.
+#![allow(clippy::needless_range_loop)]
 
 mod bleu;
 mod cider;
@@ -33,7 +35,7 @@ use rayon::prelude::*;
 pub use bleu::BleuStats;
 pub use corpus::{load_corpus, parse_corpus, CorpusError, Region, RegionId};
 pub use meteor::{MeteorData, MeteorError, MeteorStats};
-pub use ptb::{ptb_tokenize, ptb_tokens};
+pub use ptb::{ptb_tokenize, ptb_tokenize_followed_by, ptb_tokens};
 pub use rouge::rouge_l;
 
 use ngram::{count_grams, Vocab};
@@ -133,19 +135,41 @@ pub struct Tokenized {
 /// ```
 pub fn tokenize_regions(regions: &[Region], progress: Option<Progress>) -> Vec<Tokenized> {
     let done = std::sync::atomic::AtomicUsize::new(0);
-    regions
+    // pycocoevalcap tokenizes all candidates as one file and all references as another, in
+    // region order; a caption's tokens can depend on the first character of the next line.
+    let next_cand = |k: usize| regions.get(k + 1).map(|r| r.candidate.as_str());
+    let next_ref = |k: usize, j: usize| {
+        regions[k]
+            .references
+            .get(j + 1)
+            .map(String::as_str)
+            .or_else(|| {
+                regions[k + 1..]
+                    .iter()
+                    .find_map(|r| r.references.first())
+                    .map(String::as_str)
+            })
+    };
+    let indexed: Vec<usize> = (0..regions.len()).collect();
+    indexed
         .par_chunks(CHUNK)
         .flat_map_iter(|chunk| {
             let out: Vec<Tokenized> = chunk
                 .iter()
-                .map(|r| Tokenized {
-                    id: r.id.clone(),
-                    candidate: ptb_tokenize(&r.candidate),
-                    references: r.references.iter().map(|s| ptb_tokenize(s)).collect(),
+                .map(|&k| {
+                    let r = &regions[k];
+                    Tokenized {
+                        id: r.id.clone(),
+                        candidate: ptb_tokenize_followed_by(&r.candidate, next_cand(k)),
+                        references: (0..r.references.len())
+                            .map(|j| ptb_tokenize_followed_by(&r.references[j], next_ref(k, j)))
+                            .collect(),
+                    }
                 })
                 .collect();
             if let Some(p) = progress {
-                let d = done.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed) + chunk.len();
+                let d =
+                    done.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed) + chunk.len();
                 p(Stage::Tokenize, d, regions.len());
             }
             out
@@ -159,9 +183,6 @@ pub fn score_regions(
     meteor: Option<&MeteorData>,
     progress: Option<Progress>,
 ) -> Result<Scores, ScoreError> {
-    if let Err(id) = corpus::check_unique(regions) {
-        return Err(ScoreError::DuplicateId(id));
-    }
     let tok = tokenize_regions(regions, progress);
     score_tokenized(&tok, meteor, progress)
 }
@@ -176,17 +197,24 @@ pub fn score_tokenized(
     if let Some(r) = regions.iter().find(|r| r.references.is_empty()) {
         return Err(ScoreError::NoReferences(r.id.clone()));
     }
+    if let Err(id) = corpus::check_unique(regions.iter().map(|r| &r.id)) {
+        return Err(ScoreError::DuplicateId(id));
+    }
     let n = regions.len();
     // Word ids (interning is sequential; everything after runs in parallel).
     let mut vocab = Vocab::default();
     let cand_ids: Vec<Vec<u32>> = regions.iter().map(|r| vocab.ids(&r.candidate)).collect();
-    let ref_ids: Vec<Vec<Vec<u32>>> =
-        regions.iter().map(|r| r.references.iter().map(|s| vocab.ids(s)).collect()).collect();
+    let ref_ids: Vec<Vec<Vec<u32>>> = regions
+        .iter()
+        .map(|r| r.references.iter().map(|s| vocab.ids(s)).collect())
+        .collect();
     drop(vocab);
 
     let cand_counts: Vec<_> = cand_ids.par_iter().map(|c| count_grams(c)).collect();
-    let ref_counts: Vec<Vec<_>> =
-        ref_ids.par_iter().map(|rs| rs.iter().map(|r| count_grams(r)).collect()).collect();
+    let ref_counts: Vec<Vec<_>> = ref_ids
+        .par_iter()
+        .map(|rs| rs.iter().map(|r| count_grams(r)).collect())
+        .collect();
 
     let done = std::sync::atomic::AtomicUsize::new(0);
     let report = |stage: Stage, k: usize| {
@@ -210,18 +238,20 @@ pub fn score_tokenized(
         .collect();
 
     let met: Option<Vec<MeteorStats>> = meteor.map(|data| {
-        done.store(0, std::sync::atomic::Ordering::Relaxed);
-        (0..n)
-            .into_par_iter()
-            .with_min_len(64)
-            .map(|i| {
-                let s = data.segment_stats(&regions[i].candidate, &regions[i].references);
-                if i % 64 == 0 {
-                    report(Stage::Meteor, 64.min(n - i));
-                }
-                s
-            })
-            .collect()
+        // In slices, so that progress can be reported.
+        let segs: Vec<(&str, &[String])> = regions
+            .iter()
+            .map(|r| (r.candidate.as_str(), r.references.as_slice()))
+            .collect();
+        let mut out = Vec::with_capacity(n);
+        let step = (n / 20).max(4096);
+        for chunk in segs.chunks(step) {
+            out.extend(data.corpus_stats(chunk));
+            if let Some(p) = progress {
+                p(Stage::Meteor, out.len(), n);
+            }
+        }
+        out
     });
 
     let mut bleu_stats = BleuStats::default();
@@ -243,7 +273,15 @@ pub fn score_tokenized(
             id: regions[i].id.clone(),
             candidate_tokenized: regions[i].candidate.clone(),
             references_tokenized: regions[i].references.clone(),
-            metrics: Metrics { bleu1: bs[0], bleu2: bs[1], bleu3: bs[2], bleu4: bs[3], meteor: m, rouge_l: r, cider_d: cider[i] },
+            metrics: Metrics {
+                bleu1: bs[0],
+                bleu2: bs[1],
+                bleu3: bs[2],
+                bleu4: bs[3],
+                meteor: m,
+                rouge_l: r,
+                cider_d: cider[i],
+            },
         });
     }
     let bs = bleu_stats.scores();
@@ -257,5 +295,10 @@ pub fn score_tokenized(
         rouge_l: mean(rouge_sum),
         cider_d: mean(cider_sum),
     };
-    Ok(Scores { corpus, bleu_stats, meteor_stats: met.map(|_| meteor_stats), per_region })
+    Ok(Scores {
+        corpus,
+        bleu_stats,
+        meteor_stats: met.map(|_| meteor_stats),
+        per_region,
+    })
 }

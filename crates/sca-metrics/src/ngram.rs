@@ -1,6 +1,6 @@
 //! Word interning and n-gram keys shared by BLEU and CIDEr-D.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// A small, fast, non-cryptographic hasher (the FxHash mixing step) for integer keys.
@@ -56,6 +56,7 @@ impl Hasher for FxHasher {
 
 pub(crate) type FxBuild = BuildHasherDefault<FxHasher>;
 pub(crate) type FxHashMap<K, V> = HashMap<K, V, FxBuild>;
+pub(crate) type FxHashSet<K> = HashSet<K, FxBuild>;
 
 /// An n-gram (order 1..=4) of interned word ids packed into 128 bits: 4 x 31-bit ids plus the
 /// order in the top bits, so n-grams of different orders never collide.
@@ -122,5 +123,8 @@ pub(crate) fn count_grams(words: &[u32]) -> Vec<(Gram, u32)> {
 /// Looks a gram up in a sorted count vector.
 #[inline]
 pub(crate) fn lookup(counts: &[(Gram, u32)], g: Gram) -> u32 {
-    counts.binary_search_by(|(k, _)| k.cmp(&g)).map(|i| counts[i].1).unwrap_or(0)
+    counts
+        .binary_search_by(|(k, _)| k.cmp(&g))
+        .map(|i| counts[i].1)
+        .unwrap_or(0)
 }

@@ -9,7 +9,11 @@ fn lcs(a: &[&str], b: &[&str]) -> usize {
     let mut cur = vec![0usize; short.len() + 1];
     for x in long {
         for (j, y) in short.iter().enumerate() {
-            cur[j + 1] = if x == y { prev[j] + 1 } else { prev[j + 1].max(cur[j]) };
+            cur[j + 1] = if x == y {
+                prev[j] + 1
+            } else {
+                prev[j + 1].max(cur[j])
+            };
         }
         std::mem::swap(&mut prev, &mut cur);
     }

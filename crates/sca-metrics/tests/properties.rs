@@ -13,12 +13,18 @@ fn sentence() -> impl Strategy<Value = String> {
 }
 
 fn regions() -> impl Strategy<Value = Vec<Region>> {
-    prop::collection::vec((sentence(), prop::collection::vec(sentence(), 1..4)), 1..12).prop_map(|v| {
-        v.into_iter()
-            .enumerate()
-            .map(|(i, (c, r))| Region { id: RegionId::Int(i as i64), candidate: c, references: r })
-            .collect()
-    })
+    prop::collection::vec((sentence(), prop::collection::vec(sentence(), 1..4)), 1..12).prop_map(
+        |v| {
+            v.into_iter()
+                .enumerate()
+                .map(|(i, (c, r))| Region {
+                    id: RegionId::Int(i as i64),
+                    candidate: c,
+                    references: r,
+                })
+                .collect()
+        },
+    )
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -40,8 +46,15 @@ proptest! {
         }
         let b = score_regions(&shuffled, None, None).unwrap();
         let (x, y) = (&a.corpus, &b.corpus);
-        for (u, v) in [(x.bleu1, y.bleu1), (x.bleu2, y.bleu2), (x.bleu3, y.bleu3), (x.bleu4, y.bleu4),
-                       (x.rouge_l, y.rouge_l), (x.cider_d, y.cider_d)] {
+        let pairs = [
+            (x.bleu1, y.bleu1),
+            (x.bleu2, y.bleu2),
+            (x.bleu3, y.bleu3),
+            (x.bleu4, y.bleu4),
+            (x.rouge_l, y.rouge_l),
+            (x.cider_d, y.cider_d),
+        ];
+        for (u, v) in pairs {
             prop_assert!(close(u, v), "{u} vs {v}");
         }
         for r in &a.per_region {
@@ -56,7 +69,8 @@ proptest! {
     fn candidate_equal_to_its_only_reference_scores_one(s in sentence(), extra in regions()) {
         // At least 4 words so that BLEU-4 has 4-grams.
         let cand = format!("{s} on the big street");
-        let mut rs = vec![Region { id: RegionId::Str("x".into()), candidate: cand.clone(), references: vec![cand] }];
+        let first = Region { id: RegionId::Str("x".into()), candidate: cand.clone(), references: vec![cand] };
+        let mut rs = vec![first];
         rs.extend(extra);
         let out = score_regions(&rs, None, None).unwrap();
         let m = &out.per_region[0].metrics;

@@ -20,5 +20,11 @@ fn every_ptb_case_tokenizes_exactly() {
             failures.push(format!("{raw:?}: got {got:?}, want {want:?}"));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }

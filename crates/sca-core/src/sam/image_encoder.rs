@@ -3,9 +3,12 @@
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder};
+use rayon::prelude::*;
 
 use super::{layer_norm, linear};
 use crate::config::VisionConfig;
+use crate::ops::gemm::{self, Mat};
+use crate::ops::{self, kernels, F32Slice};
 use crate::trace::Trace;
 
 /// Query rows of the grid processed at once in global attention: bounds the score matrix to
@@ -251,6 +254,8 @@ struct Neck {
     conv1: Tensor, // (C_out, C_in) — 1x1 conv as a matmul
     layer_norm1: LayerNorm,
     conv2: Conv2d,
+    /// conv2's weight as (C_out, 3*3*C_out), taps (ky, kx) outer: the fast path's layout.
+    conv2_taps: Tensor,
     layer_norm2: LayerNorm,
 }
 
@@ -266,10 +271,16 @@ impl Neck {
             ..Default::default()
         };
         let conv2 = candle_nn::conv2d_no_bias(cout, cout, 3, conv2_cfg, vb.pp("conv2"))?;
+        let conv2_taps = conv2
+            .weight()
+            .permute((0, 2, 3, 1))?
+            .contiguous()?
+            .reshape((cout, 9 * cout))?;
         Ok(Self {
             conv1,
             layer_norm1: layer_norm(cout, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
             conv2,
+            conv2_taps,
             layer_norm2: layer_norm(cout, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
         })
     }
@@ -352,11 +363,20 @@ impl ImageEncoder {
                 self.cfg.image_size
             )
         }
+        let pixel_values = pixel_values.to_dtype(DType::F32)?;
+        if ops::fast_path(&[&pixel_values, &self.patch_weight]) && (b == 1 || !trace.is_enabled())
+        {
+            let out = (0..b)
+                .map(|i| self.forward_fast(&pixel_values.get(i)?, trace))
+                .collect::<Result<Vec<_>>>()?;
+            let out = Tensor::stack(&out, 0)?;
+            trace.record("image_embeddings", &out);
+            return Ok(out);
+        }
         let g = s / p;
         let c = self.cfg.hidden_size;
         // Stride-p patch conv as a matmul: (B,3,g,p,g,p) -> (B*g*g, 3*p*p)
         let patches = pixel_values
-            .to_dtype(DType::F32)?
             .reshape((b, cin, g, p, g, p))?
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
@@ -380,5 +400,369 @@ impl ImageEncoder {
         let out = self.neck.forward(&x)?;
         trace.record("image_embeddings", &out);
         Ok(out)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fast CPU path (f32 inference): the same computation on flat buffers reused across layers,
+// products through `ops::gemm`, fused softmax + relative-position bias, no window padding copies.
+// ---------------------------------------------------------------------------------------------
+
+/// Buffers of one encoder call, reused by every layer. `n` = H*W tokens.
+struct Workspace {
+    /// LayerNorm output (n, C).
+    xn: Vec<f32>,
+    /// qkv (n, 3C), later the MLP hidden state (n, mlp).
+    big: Vec<f32>,
+    /// Attention output before `proj`, tokens in grid order (n, C).
+    attn: Vec<f32>,
+    /// Windowed attention output in window order (windows*ws*ws, C).
+    windows: Vec<f32>,
+    /// Global attention's relative-position terms, per head: (nh, n, H) and (nh, n, W).
+    rel_h: Vec<f32>,
+    rel_w: Vec<f32>,
+}
+
+/// A borrowed LayerNorm: (weight, bias, eps).
+struct LnRef<'a>(F32Slice<'a>, F32Slice<'a>, f32);
+
+impl<'a> LnRef<'a> {
+    fn new(ln: &'a LayerNorm) -> Result<Self> {
+        let Some(b) = ln.bias() else {
+            candle_core::bail!("LayerNorm without bias")
+        };
+        Ok(Self(F32Slice::new(ln.weight())?, F32Slice::new(b)?, ln.eps() as f32))
+    }
+
+    /// `out = LayerNorm(x)` over rows, in parallel.
+    fn apply(&self, x: &[f32], out: &mut [f32]) {
+        let c = self.0.len();
+        let rows = ops::rows_per_task(x.len() / c, c) * c;
+        out[..x.len()]
+            .par_chunks_mut(rows)
+            .zip(x.par_chunks(rows))
+            .for_each(|(o, x)| kernels::layer_norm(x, &self.0, &self.1, self.2, o));
+    }
+}
+
+/// `x[r] += b` for every row `r`.
+fn add_bias(x: &mut [f32], b: Option<&Tensor>) -> Result<()> {
+    let Some(b) = b else { return Ok(()) };
+    let b = F32Slice::new(b)?;
+    let c = b.len();
+    let rows = ops::rows_per_task(x.len() / c, c) * c;
+    x.par_chunks_mut(rows).for_each(|x| {
+        for row in x.chunks_exact_mut(c) {
+            for (v, b) in row.iter_mut().zip(b.iter()) {
+                *v += b;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Decomposed relative-position terms of one head over an `h x w` grid of queries `q`
+/// (h*w rows of hd): `rel_h[(i,j), k] = q(i,j)·Rh[i,k]` and `rel_w[(i,j), l] = q(i,j)·Rw[j,l]`,
+/// with `rh` (h, Hk, hd) and `rw` (w, Wk, hd) the gathered tables.
+#[allow(clippy::too_many_arguments)]
+fn rel_pos_terms(
+    q: Mat,
+    rh: &[f32],
+    rw: &[f32],
+    (h, w): (usize, usize),
+    (kh, kw): (usize, usize),
+    rel_h: &mut [f32],
+    rel_w: &mut [f32],
+) {
+    let hd = q.cols;
+    for i in 0..h {
+        let r = Mat::dense(&rh[i * kh * hd..(i + 1) * kh * hd], kh, hd).t();
+        gemm::gemm(1.0, q.rows(i * w, w), r, 0.0, &mut rel_h[i * w * kh..], kh);
+    }
+    for j in 0..w {
+        let r = Mat::dense(&rw[j * kw * hd..(j + 1) * kw * hd], kw, hd).t();
+        gemm::gemm(1.0, q.rows_step(j, w, h), r, 0.0, &mut rel_w[j * kw..], w * kw);
+    }
+}
+
+/// Per-thread scratch of windowed attention.
+#[derive(Default)]
+struct WindowScratch {
+    qkv: Vec<f32>,
+    scores: Vec<f32>,
+    rel_h: Vec<f32>,
+    rel_w: Vec<f32>,
+}
+
+impl Attention {
+    fn rel_tables(&self) -> Result<Option<(F32Slice<'_>, F32Slice<'_>)>> {
+        match (&self.rel_h, &self.rel_w) {
+            (Some(h), Some(w)) => Ok(Some((F32Slice::new(h)?, F32Slice::new(w)?))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Windowed attention over the `h x w` grid: qkv (n, 3C) in grid order -> `ws.attn` (n, C).
+    /// Windows past the grid's edge see zero-padded tokens, whose qkv is just the bias.
+    fn forward_windows(&self, h: usize, w: usize, win: usize, ws: &mut Workspace) -> Result<()> {
+        let (nh, hd) = (self.num_heads, self.head_dim);
+        let c = nh * hd;
+        let (nwh, nww) = (h.div_ceil(win), w.div_ceil(win));
+        let t = win * win;
+        let bias = self.qkv.bias().map(F32Slice::new).transpose()?;
+        let rel = self.rel_tables()?;
+        let scale = self.scale as f32;
+        let qkv = &ws.big;
+        ws.windows.resize(nwh * nww * t * c, 0.0);
+        ws.windows
+            .par_chunks_mut(t * c)
+            .enumerate()
+            .for_each_init(WindowScratch::default, |s, (wi, out)| {
+                let (wy, wx) = (wi / nww, wi % nww);
+                // gather the window's tokens (padding: the bias)
+                s.qkv.resize(t * 3 * c, 0.0);
+                for (ti, dst) in s.qkv.chunks_exact_mut(3 * c).enumerate() {
+                    let (r, col) = (wy * win + ti / win, wx * win + ti % win);
+                    if r < h && col < w {
+                        let src = (r * w + col) * 3 * c;
+                        dst.copy_from_slice(&qkv[src..src + 3 * c]);
+                    } else {
+                        match &bias {
+                            Some(b) => dst.copy_from_slice(b),
+                            None => dst.fill(0.0),
+                        }
+                    }
+                }
+                s.scores.resize(t * t, 0.0);
+                s.rel_h.resize(t * win, 0.0);
+                s.rel_w.resize(t * win, 0.0);
+                let all = Mat::new(&s.qkv, t, 3 * c, 3 * c);
+                for hi in 0..nh {
+                    let q = all.cols(hi * hd, hd);
+                    let k = all.cols(c + hi * hd, hd);
+                    let v = all.cols(2 * c + hi * hd, hd);
+                    gemm::gemm(scale, q, k.t(), 0.0, &mut s.scores, t);
+                    match &rel {
+                        Some((rh, rw)) => {
+                            let (g, k) = ((win, win), (win, win));
+                            rel_pos_terms(q, rh, rw, g, k, &mut s.rel_h, &mut s.rel_w);
+                            kernels::softmax_rel_pos(&mut s.scores, &s.rel_h, &s.rel_w, win, win)
+                        }
+                        None => kernels::softmax_rows(&mut s.scores, t),
+                    }
+                    let p = Mat::dense(&s.scores, t, t);
+                    gemm::gemm(1.0, p, v, 0.0, &mut out[hi * hd..], c);
+                }
+            });
+        // back to grid order, dropping the padding
+        let windows = &ws.windows;
+        ws.attn[..h * w * c]
+            .par_chunks_mut(w * c)
+            .enumerate()
+            .for_each(|(r, row)| {
+                let (wy, a) = (r / win, r % win);
+                for (col, dst) in row.chunks_exact_mut(c).enumerate() {
+                    let (wx, b) = (col / win, col % win);
+                    let src = ((wy * nww + wx) * t + a * win + b) * c;
+                    dst.copy_from_slice(&windows[src..src + c]);
+                }
+            });
+        Ok(())
+    }
+
+    /// Global attention over the `h x w` grid: qkv (n, 3C) -> `ws.attn` (n, C). Queries go in
+    /// blocks of grid rows so a block's scores (rows*W x n) stay in cache.
+    fn forward_global(&self, h: usize, w: usize, ws: &mut Workspace) -> Result<()> {
+        let (nh, hd) = (self.num_heads, self.head_dim);
+        let (c, n) = (nh * hd, h * w);
+        let rel = self.rel_tables()?;
+        let scale = self.scale as f32;
+        let qkv = Mat::new(&ws.big, n, 3 * c, 3 * c);
+        if let Some((rh, rw)) = &rel {
+            ws.rel_h.resize(nh * n * h, 0.0);
+            ws.rel_w.resize(nh * n * w, 0.0);
+            ws.rel_h
+                .par_chunks_mut(n * h)
+                .zip(ws.rel_w.par_chunks_mut(n * w))
+                .enumerate()
+                .for_each(|(hi, (rel_h, rel_w))| {
+                    let q = qkv.cols(hi * hd, hd);
+                    rel_pos_terms(q, rh, rw, (h, w), (h, w), rel_h, rel_w)
+                });
+        }
+        let (rel_h, rel_w) = (&ws.rel_h, &ws.rel_w);
+        let grid_rows = (std::env::var("GBQ").ok().and_then(|v| v.parse().ok()).unwrap_or(GLOBAL_BLOCK_QUERIES) / w).max(1);
+        ws.attn[..n * c]
+            .par_chunks_mut(grid_rows * w * c)
+            .enumerate()
+            .for_each_init(Vec::new, |scores, (bi, out)| {
+                let q0 = bi * grid_rows * w;
+                let nq = out.len() / c;
+                scores.resize(nq * n, 0.0);
+                for hi in 0..nh {
+                    let q = qkv.rows(q0, nq).cols(hi * hd, hd);
+                    let k = qkv.cols(c + hi * hd, hd);
+                    let v = qkv.cols(2 * c + hi * hd, hd);
+                    gemm::gemm(scale, q, k.t(), 0.0, scores, n);
+                    if rel.is_some() {
+                        let rh = &rel_h[(hi * n + q0) * h..(hi * n + q0 + nq) * h];
+                        let rw = &rel_w[(hi * n + q0) * w..(hi * n + q0 + nq) * w];
+                        kernels::softmax_rel_pos(scores, rh, rw, h, w);
+                    } else {
+                        kernels::softmax_rows(scores, n);
+                    }
+                    gemm::gemm(1.0, Mat::dense(scores, nq, n), v, 0.0, &mut out[hi * hd..], c);
+                }
+            });
+        Ok(())
+    }
+}
+
+/// Queries per block of global attention: 64 x 4096 scores are 1 MiB, an L2's worth.
+const GLOBAL_BLOCK_QUERIES: usize = 64;
+
+pub static PROF: [std::sync::atomic::AtomicU64; 8] = [const { std::sync::atomic::AtomicU64::new(0) }; 8];
+fn lap(t: &mut std::time::Instant, i: usize) {
+    PROF[i].fetch_add(t.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+    *t = std::time::Instant::now();
+}
+
+impl Block {
+    /// x (H*W, C) in place.
+    fn forward_fast(&self, x: &mut [f32], h: usize, w: usize, ws: &mut Workspace) -> Result<()> {
+        let n = h * w;
+        let c = x.len() / n;
+        let mut t = std::time::Instant::now();
+        LnRef::new(&self.layer_norm1)?.apply(x, &mut ws.xn);
+        let qkv_w = self.attn.qkv.weight();
+        ws.big.resize(n * qkv_w.dim(0)?.max(self.lin1.weight().dim(0)?), 0.0);
+        lap(&mut t, 0);
+        ops::linear_into(&ws.xn, n, qkv_w, self.attn.qkv.bias(), &mut ws.big)?;
+        lap(&mut t, 1);
+        if self.window_size > 0 {
+            self.attn.forward_windows(h, w, self.window_size, ws)?;
+            lap(&mut t, 2);
+        } else {
+            self.attn.forward_global(h, w, ws)?;
+            lap(&mut t, 3);
+        }
+        // x += attn @ proj^T + b
+        add_bias(x, self.attn.proj.bias())?;
+        let proj = F32Slice::new(self.attn.proj.weight())?;
+        let a = Mat::dense(&ws.attn[..n * c], n, c);
+        gemm::par_gemm(1.0, a, Mat::dense(&proj, c, c).t(), 1.0, x, c);
+        lap(&mut t, 4);
+        // x += gelu(LN2(x) @ lin1^T + b1) @ lin2^T + b2
+        LnRef::new(&self.layer_norm2)?.apply(x, &mut ws.xn);
+        let mlp = self.lin1.weight().dim(0)?;
+        let hidden = &mut ws.big[..n * mlp];
+        ops::linear_into(&ws.xn, n, self.lin1.weight(), None, hidden)?;
+        lap(&mut t, 5);
+        match self.lin1.bias() {
+            Some(b) => {
+                let b = F32Slice::new(b)?;
+                let rows = ops::rows_per_task(n, mlp) * mlp;
+                hidden
+                    .par_chunks_mut(rows)
+                    .for_each(|h| kernels::bias_gelu_inplace(h, &b));
+            }
+            None => hidden
+                .par_chunks_mut(ops::rows_per_task(n, mlp) * mlp)
+                .for_each(kernels::gelu_inplace),
+        }
+        add_bias(x, self.lin2.bias())?;
+        lap(&mut t, 6);
+        let w2 = F32Slice::new(self.lin2.weight())?;
+        let hidden = Mat::dense(&ws.big[..n * mlp], n, mlp);
+        gemm::par_gemm(1.0, hidden, Mat::dense(&w2, c, mlp).t(), 1.0, x, c);
+        lap(&mut t, 7);
+        Ok(())
+    }
+}
+
+impl Neck {
+    /// x (H*W, Cin) channels-last -> (Cout, H, W).
+    fn forward_fast(&self, x: &[f32], h: usize, w: usize) -> Result<Tensor> {
+        let n = h * w;
+        let cout = self.conv1.dim(0)?;
+        let mut y = vec![0f32; n * cout];
+        ops::linear_into(x, n, &self.conv1, None, &mut y)?;
+        let mut yn = vec![0f32; n * cout];
+        LnRef::new(&self.layer_norm1)?.apply(&y, &mut yn);
+        // 3x3 conv, padding 1, as one product over (ky, kx, cin)-ordered patches
+        let mut cols = vec![0f32; n * 9 * cout];
+        cols.par_chunks_mut(w * 9 * cout)
+            .enumerate()
+            .for_each(|(r, row)| {
+                for (col, patch) in row.chunks_exact_mut(9 * cout).enumerate() {
+                    for (tap, dst) in patch.chunks_exact_mut(cout).enumerate() {
+                        let (ry, cx) = ((r + tap / 3) as isize - 1, (col + tap % 3) as isize - 1);
+                        if ry < 0 || cx < 0 || ry >= h as isize || cx >= w as isize {
+                            dst.fill(0.0);
+                        } else {
+                            let src = (ry as usize * w + cx as usize) * cout;
+                            dst.copy_from_slice(&yn[src..src + cout]);
+                        }
+                    }
+                }
+            });
+        let k = F32Slice::new(&self.conv2_taps)?;
+        let a = Mat::dense(&cols, n, 9 * cout);
+        gemm::par_gemm(1.0, a, Mat::dense(&k, cout, 9 * cout).t(), 0.0, &mut y, cout);
+        LnRef::new(&self.layer_norm2)?.apply(&y, &mut yn);
+        ops::tensor(yn, (h, w, cout))?.permute((2, 0, 1))?.contiguous()
+    }
+}
+
+impl ImageEncoder {
+    /// The fast path of [`ImageEncoder::forward`] for one image: pixels (3, S, S) -> (C_out, g, g).
+    fn forward_fast(&self, pixels: &Tensor, trace: &mut Trace) -> Result<Tensor> {
+        let (cin, s, _) = pixels.dims3()?;
+        let p = self.cfg.patch_size;
+        let (g, c) = (s / p, self.cfg.hidden_size);
+        let n = g * g;
+        let patches = pixels
+            .reshape((cin, g, p, g, p))?
+            .permute((1, 3, 0, 2, 4))?
+            .contiguous()?;
+        let mut x = vec![0f32; n * c];
+        let patches = F32Slice::new(&patches)?;
+        ops::linear_into(&patches, n, &self.patch_weight, Some(&self.patch_bias), &mut x)?;
+        if trace.is_enabled() {
+            trace.record("vision_patch_embed", &ops::tensor(x.clone(), (1, g, g, c))?);
+        }
+        if let Some(pe) = &self.pos_embed {
+            let pe = F32Slice::new(pe)?;
+            x.iter_mut().zip(pe.iter()).for_each(|(x, p)| *x += p);
+        }
+        if trace.is_enabled() {
+            trace.record("vision_layer_input", &ops::tensor(x.clone(), (1, g, g, c))?);
+        }
+        let mut ws = Workspace {
+            xn: vec![0f32; n * c],
+            big: Vec::new(),
+            attn: vec![0f32; n * c],
+            windows: Vec::new(),
+            rel_h: Vec::new(),
+            rel_w: Vec::new(),
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            layer.forward_fast(&mut x, g, g, &mut ws)?;
+            if trace.is_enabled() {
+                let t = ops::tensor(x.clone(), (1, g, g, c))?;
+                trace.record(format!("vision_layer{i}_output"), &t);
+            }
+        }
+        drop(ws);
+        let t = std::time::Instant::now();
+        let r = self.neck.forward_fast(&x, g, g);
+        if std::env::var_os("SCA_PROF").is_some() {
+            let names = ["ln1", "qkv", "win_attn", "glob_attn", "proj", "lin1", "gelu", "lin2"];
+            for (n, p) in names.iter().zip(PROF.iter()) {
+                eprintln!("{n}: {} ms", p.swap(0, std::sync::atomic::Ordering::Relaxed) / 1000);
+            }
+            eprintln!("neck: {} ms", t.elapsed().as_millis());
+        }
+        r
     }
 }

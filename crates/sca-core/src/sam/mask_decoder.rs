@@ -7,6 +7,7 @@ use candle_nn::{LayerNorm, VarBuilder};
 use super::two_way_transformer::TwoWayTransformer;
 use super::{layer_norm, ConvTranspose2x2, FeedForward};
 use crate::config::MaskCaptionDecoderConfig;
+use crate::ops;
 use crate::trace::Trace;
 
 /// What the SAM decoder gives per prompt (M prompts).
@@ -125,8 +126,8 @@ impl MaskDecoder {
         let (m, _, c) = keys.dims3()?;
         let x = keys.reshape((m, g, g, c))?;
         let x = self.upscale_conv1.forward(&x)?;
-        let x = self.upscale_layer_norm.forward(&x)?.gelu_erf()?;
-        let x = self.upscale_conv2.forward(&x)?.gelu_erf()?; // (M, 4g, 4g, C/8)
+        let x = ops::gelu_erf(&ops::layer_norm(&x, &self.upscale_layer_norm)?)?;
+        let x = ops::gelu_erf(&self.upscale_conv2.forward(&x)?)?; // (M, 4g, 4g, C/8)
         x.permute((0, 3, 1, 2))?.contiguous()
     }
 }

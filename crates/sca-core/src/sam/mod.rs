@@ -41,8 +41,8 @@ impl ConvTranspose2x2 {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (m, h, w, cin) = x.dims4()?;
-        let y = x.reshape((m * h * w, cin))?.matmul(&self.weight)?;
+        let (m, h, w, _) = x.dims4()?;
+        let y = crate::ops::matmul(x, &self.weight)?;
         // (m,h,w,cout,2,2) -> (m,h,2,w,2,cout)
         let y = y
             .reshape((m, h, w, self.out, 2, 2))?

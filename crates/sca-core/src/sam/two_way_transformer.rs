@@ -2,11 +2,12 @@
 //! (`mask_decoder.transformer`, 2 layers) and by the SCA caption mixer
 //! (`mask_decoder.additional_transformer`, 12 layers).
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use super::{layer_norm, linear};
 use crate::config::MaskCaptionDecoderConfig;
+use crate::ops;
 use crate::trace::Trace;
 
 /// `SamAttention`: projections to `dim / downsample_rate`, heads, scaled softmax attention.
@@ -30,26 +31,14 @@ impl Attention {
         })
     }
 
-    fn separate_heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (m, t, c) = x.dims3()?;
-        x.reshape((m, t, self.num_heads, c / self.num_heads))?
-            .transpose(1, 2)?
-            .contiguous()
-    }
-
     /// q (M,Tq,C), k (M,Tk,C), v (M,Tk,C) -> (M,Tq,C)
     pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let q = self.separate_heads(&self.q_proj.forward(q)?)?;
-        let k = self.separate_heads(&self.k_proj.forward(k)?)?;
-        let v = self.separate_heads(&self.v_proj.forward(v)?)?;
-        let (m, nh, tq, hd) = q.dims4()?;
-        let attn = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
-        let attn = candle_nn::ops::softmax_last_dim(&attn)?;
-        let out = attn
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((m, tq, nh * hd))?;
-        self.out_proj.forward(&out)
+        let q = ops::linear(q, &self.q_proj)?;
+        let k = ops::linear(k, &self.k_proj)?;
+        let v = ops::linear(v, &self.v_proj)?;
+        let hd = q.dim(2)? / self.num_heads;
+        let out = ops::attention(&q, &k, &v, self.num_heads, 1.0 / (hd as f64).sqrt())?;
+        ops::linear(&out, &self.out_proj)
     }
 }
 
@@ -113,24 +102,25 @@ impl TwoWayBlock {
     ) -> Result<(Tensor, Tensor)> {
         let queries = if self.skip_first_layer_pe {
             // inherited SAM quirk: no residual in the first block's self-attention
-            self.self_attn.forward(queries, queries, queries)?
+            let attn = self.self_attn.forward(queries, queries, queries)?;
+            ops::layer_norm(&attn, &self.layer_norm1)?
         } else {
             let q = (queries + query_pe)?;
-            (queries + self.self_attn.forward(&q, &q, queries)?)?
+            let attn = self.self_attn.forward(&q, &q, queries)?;
+            ops::add_layer_norm(queries, &attn, &self.layer_norm1)?
         };
-        let queries = self.layer_norm1.forward(&queries)?;
 
         let q = (&queries + query_pe)?;
         let k = keys.broadcast_add(key_pe)?;
         let attn = self.cross_attn_token_to_image.forward(&q, &k, keys)?;
-        let queries = self.layer_norm2.forward(&(queries + attn)?)?;
+        let queries = ops::add_layer_norm(&queries, &attn, &self.layer_norm2)?;
 
-        let mlp = self.lin2.forward(&self.lin1.forward(&queries)?.relu()?)?;
-        let queries = self.layer_norm3.forward(&(queries + mlp)?)?;
+        let mlp = ops::linear(&ops::linear(&queries, &self.lin1)?.relu()?, &self.lin2)?;
+        let queries = ops::add_layer_norm(&queries, &mlp, &self.layer_norm3)?;
 
         let q = (&queries + query_pe)?;
         let attn = self.cross_attn_image_to_token.forward(&k, &q, &queries)?;
-        let keys = self.layer_norm4.forward(&(keys + attn)?)?;
+        let keys = ops::add_layer_norm(keys, &attn, &self.layer_norm4)?;
         Ok((queries, keys))
     }
 }
@@ -184,7 +174,7 @@ impl TwoWayTransformer {
         let q = (&queries + point_embeddings)?;
         let k = keys.broadcast_add(image_pe)?;
         let attn = self.final_attn_token_to_image.forward(&q, &k, &keys)?;
-        let queries = self.layer_norm_final_attn.forward(&(queries + attn)?)?;
+        let queries = ops::add_layer_norm(&queries, &attn, &self.layer_norm_final_attn)?;
         Ok((queries, keys))
     }
 }

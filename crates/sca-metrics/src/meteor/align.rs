@@ -6,8 +6,8 @@
 //! Java `String.hashCode`, the beam's weighted match counts are truncated to integers, and the
 //! distance of a newly chosen match is added to the path it was extended from.
 
-use super::MeteorData;
 use super::synonym::intersects;
+use super::MeteorData;
 
 const BEAM: usize = 40;
 /// Module weights used to rank partial alignments (not the scoring weights).
@@ -101,9 +101,9 @@ fn compare(x: &Partial, y: &Partial) -> std::cmp::Ordering {
 }
 
 /// Aligns hypothesis words `w1` to reference words `w2`.
-pub(crate) fn align(data: &MeteorData, w1: &[&str], w2: &[&str], cache1: &WordInfo, cache2: &WordInfo) -> AlignStats {
-    let k1 = &cache1.hash;
-    let k2 = &cache2.hash;
+pub(crate) fn align(data: &MeteorData, w1: &[&Word], w2: &[&Word]) -> AlignStats {
+    let k1: Vec<i32> = w1.iter().map(|w| w.hash).collect();
+    let k2: Vec<i32> = w2.iter().map(|w| w.hash).collect();
     let n1 = w1.len();
     let n2 = w2.len();
     let mut all: Vec<Match> = Vec::new();
@@ -126,7 +126,17 @@ pub(crate) fn align(data: &MeteorData, w1: &[&str], w2: &[&str], cache1: &WordIn
     for j in 0..n2 {
         for i in 0..n1 {
             if k1[i] == k2[j] {
-                add(Match { start: j, len: 1, mstart: i, mlen: 1, module: 0 }, &mut all, &mut at);
+                add(
+                    Match {
+                        start: j,
+                        len: 1,
+                        mstart: i,
+                        mlen: 1,
+                        module: 0,
+                    },
+                    &mut all,
+                    &mut at,
+                );
             }
         }
     }
@@ -134,26 +144,50 @@ pub(crate) fn align(data: &MeteorData, w1: &[&str], w2: &[&str], cache1: &WordIn
         // stem
         for j in 0..n2 {
             for i in 0..n1 {
-                if cache1.stem_hash[i] == cache2.stem_hash[j] && k1[i] != k2[j] {
-                    add(Match { start: j, len: 1, mstart: i, mlen: 1, module: 1 }, &mut all, &mut at);
+                if w1[i].stem_hash == w2[j].stem_hash && k1[i] != k2[j] {
+                    add(
+                        Match {
+                            start: j,
+                            len: 1,
+                            mstart: i,
+                            mlen: 1,
+                            module: 1,
+                        },
+                        &mut all,
+                        &mut at,
+                    );
                 }
             }
         }
         // synonym
         for j in 0..n2 {
             for i in 0..n1 {
-                if k1[i] != k2[j] && intersects(&cache1.synsets[i], &cache2.synsets[j]) {
-                    add(Match { start: j, len: 1, mstart: i, mlen: 1, module: 2 }, &mut all, &mut at);
+                if k1[i] != k2[j] && intersects(&w1[i].synsets, &w2[j].synsets) {
+                    add(
+                        Match {
+                            start: j,
+                            len: 1,
+                            mstart: i,
+                            mlen: 1,
+                            module: 2,
+                        },
+                        &mut all,
+                        &mut at,
+                    );
                 }
             }
         }
         // paraphrase
         let pt = &data.paraphrases;
-        let l1 = &cache1.para_ids;
-        let l2 = &cache2.para_ids;
+        let l1: Vec<i64> = w1.iter().map(|w| w.para_id).collect();
+        let l2: Vec<i64> = w2.iter().map(|w| w.para_id).collect();
+        let (l1, l2) = (&l1[..], &l2[..]);
         let mut paths = Vec::new();
         let seq_at = |line: &[i64], pos: usize, words: &[u32]| {
-            words.iter().enumerate().all(|(k, &w)| pos + k < line.len() && line[pos + k] == w as i64)
+            words
+                .iter()
+                .enumerate()
+                .all(|(k, &w)| pos + k < line.len() && line[pos + k] == w as i64)
         };
         for j in 0..n2 {
             pt.paths(l2, j, &mut paths);
@@ -161,7 +195,17 @@ pub(crate) fn align(data: &MeteorData, w1: &[&str], w2: &[&str], cache1: &WordIn
                 let words = pt.paraphrase(p);
                 for i in 0..n1 {
                     if seq_at(l1, i, words) {
-                        add(Match { start: j, len, mstart: i, mlen: words.len(), module: 3 }, &mut all, &mut at);
+                        add(
+                            Match {
+                                start: j,
+                                len,
+                                mstart: i,
+                                mlen: words.len(),
+                                module: 3,
+                            },
+                            &mut all,
+                            &mut at,
+                        );
                     }
                 }
             }
@@ -172,7 +216,17 @@ pub(crate) fn align(data: &MeteorData, w1: &[&str], w2: &[&str], cache1: &WordIn
                 let words = pt.paraphrase(p);
                 for j in 0..n2 {
                     if seq_at(l2, j, words) {
-                        add(Match { start: j, len: words.len(), mstart: i, mlen: len, module: 3 }, &mut all, &mut at);
+                        add(
+                            Match {
+                                start: j,
+                                len: words.len(),
+                                mstart: i,
+                                mlen: len,
+                                module: 3,
+                            },
+                            &mut all,
+                            &mut at,
+                        );
                     }
                 }
             }
@@ -195,7 +249,8 @@ pub(crate) fn align(data: &MeteorData, w1: &[&str], w2: &[&str], cache1: &WordIn
         if at[j].len() == 1 {
             let mi = at[j][0];
             let m = all[mi as usize];
-            let overlap = (0..m.len).any(|k| cov2[j + k] != 1) || (0..m.mlen).any(|k| cov1[m.mstart + k] != 1);
+            let overlap = (0..m.len).any(|k| cov2[j + k] != 1)
+                || (0..m.mlen).any(|k| cov1[m.mstart + k] != 1);
             if !overlap {
                 init.matches[j] = Some(mi);
                 init.set_used(&m);
@@ -206,20 +261,24 @@ pub(crate) fn align(data: &MeteorData, w1: &[&str], w2: &[&str], cache1: &WordIn
     let best = resolve(&all, &at, init);
 
     // Totals by module and word type.
-    let mut st = AlignStats { len1: n1, len2: n2, ..Default::default() };
-    st.func1 = cache1.function.iter().filter(|&&f| f).count();
-    st.func2 = cache2.function.iter().filter(|&&f| f).count();
+    let mut st = AlignStats {
+        len1: n1,
+        len2: n2,
+        ..Default::default()
+    };
+    st.func1 = w1.iter().filter(|w| w.function).count();
+    st.func2 = w2.iter().filter(|w| w.function).count();
     for m in best.matches.iter().flatten() {
         let m = all[*m as usize];
         for k in 0..m.mlen {
-            if cache1.function[m.mstart + k] {
+            if w1[m.mstart + k].function {
                 st.function1[m.module] += 1;
             } else {
                 st.content1[m.module] += 1;
             }
         }
         for k in 0..m.len {
-            if cache2.function[m.start + k] {
+            if w2[m.start + k].function {
                 st.function2[m.module] += 1;
             } else {
                 st.content2[m.module] += 1;
@@ -324,23 +383,23 @@ fn resolve(all: &[Match], at: &[Vec<u32>], start: Partial) -> Partial {
     next.swap_remove(0)
 }
 
-/// Per-word data of one normalized sentence, computed once and reused across references.
-pub(crate) struct WordInfo {
-    pub hash: Vec<i32>,
-    pub stem_hash: Vec<i32>,
-    pub synsets: Vec<Vec<u32>>,
-    pub para_ids: Vec<i64>,
-    pub function: Vec<bool>,
+/// What the aligner needs to know about one (normalized) word; computed once per distinct word.
+pub(crate) struct Word {
+    pub hash: i32,
+    pub stem_hash: i32,
+    pub synsets: Vec<u32>,
+    pub para_id: i64,
+    pub function: bool,
 }
 
-impl WordInfo {
-    pub(crate) fn new(data: &MeteorData, words: &[&str]) -> Self {
-        WordInfo {
-            hash: words.iter().map(|w| java_hash(w)).collect(),
-            stem_hash: words.iter().map(|w| java_hash(&super::stem::stem(w))).collect(),
-            synsets: words.iter().map(|w| data.synonyms.all_synsets(w)).collect(),
-            para_ids: words.iter().map(|w| data.paraphrases.translate(w)).collect(),
-            function: words.iter().map(|w| data.function_words.contains(*w)).collect(),
+impl Word {
+    pub(crate) fn new(data: &MeteorData, w: &str) -> Self {
+        Word {
+            hash: java_hash(w),
+            stem_hash: java_hash(&super::stem::stem(w)),
+            synsets: data.synonyms.all_synsets(w),
+            para_id: data.paraphrases.translate(w),
+            function: data.function_words.contains(w),
         }
     }
 }

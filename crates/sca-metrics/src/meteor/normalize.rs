@@ -43,7 +43,10 @@ pub(crate) fn is_tok_delim(c: char) -> bool {
 
 /// The characters of METEOR's whitespace-normalization class.
 fn is_meteor_white(c: char) -> bool {
-    matches!(c, ' ' | '\u{2000}'..='\u{200A}' | '\u{202F}' | '\u{205F}' | '\u{3000}' | '\u{00A0}')
+    matches!(
+        c,
+        ' ' | '\u{2000}'..='\u{200A}' | '\u{202F}' | '\u{205F}' | '\u{3000}' | '\u{00A0}'
+    )
 }
 
 /// Replaces every non-overlapping `a m b` (one char each) by `rep(a, m, b)`.
@@ -107,7 +110,10 @@ pub(crate) fn normalize(line: &str, nbp: &HashMap<String, Nbp>) -> String {
     // Separate everything but alphanumerics, whitespace and . ' ` , - ‘ ’
     let mut w = Vec::with_capacity(v.len() + 16);
     for &c in &v {
-        if is_alnum(c) || is_java_space(c) || matches!(c, '.' | '\'' | '`' | ',' | '-' | '\u{2018}' | '\u{2019}') {
+        if is_alnum(c)
+            || is_java_space(c)
+            || matches!(c, '.' | '\'' | '`' | ',' | '-' | '\u{2018}' | '\u{2019}')
+        {
             w.push(c);
         } else {
             w.push(' ');
@@ -142,7 +148,10 @@ pub(crate) fn normalize(line: &str, nbp: &HashMap<String, Nbp>) -> String {
             let mut w = Vec::with_capacity(v.len() + 16);
             let mut i = 0;
             while i < v.len() {
-                if i + pat.len() < v.len() && v[i..i + pat.len()] == pat[..] && v[i + pat.len()] != '.' {
+                if i + pat.len() < v.len()
+                    && v[i..i + pat.len()] == pat[..]
+                    && v[i + pat.len()] != '.'
+                {
                     push_str(&mut w, "DOTDOTMULTI ");
                     w.push(v[i + pat.len()]);
                     i += pat.len() + 1;
@@ -196,11 +205,17 @@ pub(crate) fn normalize(line: &str, nbp: &HashMap<String, Nbp>) -> String {
         }
     }
     v = replace_lit(&v, "--", "-");
-    v = triples(&v, |c| is_alnum(c) || c == '.', |c| c == '-', is_alnum, |a, _, b, o| {
-        o.push(a);
-        o.push(' ');
-        o.push(b);
-    });
+    v = triples(
+        &v,
+        |c| is_alnum(c) || c == '.',
+        |c| c == '-',
+        is_alnum,
+        |a, _, b, o| {
+            o.push(a);
+            o.push(' ');
+            o.push(b);
+        },
+    );
 
     // English contractions split to the right.
     let spaced = |a: char, _m: char, b: char, o: &mut Vec<char>| {
@@ -232,9 +247,13 @@ pub(crate) fn normalize(line: &str, nbp: &HashMap<String, Nbp>) -> String {
             let next = words.get(i + 1);
             if pre.contains('.') && pre.chars().any(is_alpha) {
                 sb.push_str(&word.replace('.', ""));
-            } else if ty == Some(Nbp::Any) || next.is_some_and(|n| n.starts_with(|c: char| c.is_ascii_lowercase())) {
-                sb.push_str(word);
-            } else if ty == Some(Nbp::NumericOnly) && next.is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit())) {
+            } else if ty == Some(Nbp::Any)
+                // Followed by a lower-case word (catches unlisted prefixes such as "Inc.").
+                || next.is_some_and(|n| n.starts_with(|c: char| c.is_ascii_lowercase()))
+                // Numeric-only prefixes before a number ("No. 5").
+                || (ty == Some(Nbp::NumericOnly)
+                    && next.is_some_and(|n| n.starts_with(|c: char| c.is_ascii_digit())))
+            {
                 sb.push_str(word);
             } else {
                 sb.push_str(pre);
@@ -274,12 +293,20 @@ pub(crate) fn normalize(line: &str, nbp: &HashMap<String, Nbp>) -> String {
 mod tests {
     use super::*;
 
+    // Expected values are the output of the jar's `edu.cmu.meteor.util.Normalizer en true`.
     #[test]
-    fn splits_clitics_and_dashes() {
-        let nbp = HashMap::new();
+    fn matches_the_jar_normalizer() {
+        let mut nbp = HashMap::new();
+        nbp.insert("Mr".to_string(), Nbp::Any);
         assert_eq!(normalize("a girl 's t-shirt", &nbp), "a girl ' s t shirt");
-        assert_eq!(normalize("does n't", &nbp), "does n ' t");
+        assert_eq!(normalize("does n't", &nbp), "does n 't");
         assert_eq!(normalize("", &nbp), "");
         assert_eq!(normalize("1,000 a,b", &nbp), "1,000 a , b");
+        assert_eq!(
+            normalize("u.s. flag -lrb- x -rrb- mr. smith", &nbp),
+            "us flag -lrb- x -rrb- mr. smith"
+        );
+        assert_eq!(normalize("end.", &nbp), "end .");
+        assert_eq!(normalize("wait... what", &nbp), "wait ... what");
     }
 }

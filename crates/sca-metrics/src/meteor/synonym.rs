@@ -28,8 +28,14 @@ impl Synonyms {
         let mut lines = exceptions.lines();
         while let Some(base) = lines.next() {
             let forms = lines.next().unwrap_or("");
-            for form in forms.split(crate::meteor::normalize::is_tok_delim).filter(|t| !t.is_empty()) {
-                s.bases.entry(form.to_string()).or_default().push(base.to_string());
+            for form in forms
+                .split(crate::meteor::normalize::is_tok_delim)
+                .filter(|t| !t.is_empty())
+            {
+                s.bases
+                    .entry(form.to_string())
+                    .or_default()
+                    .push(base.to_string());
             }
         }
         let mut lines = synsets.lines();
@@ -38,8 +44,14 @@ impl Synonyms {
             lineno += 2;
             let ids = lines.next().unwrap_or("");
             let mut set = Vec::new();
-            for t in ids.split(crate::meteor::normalize::is_tok_delim).filter(|t| !t.is_empty()) {
-                set.push(t.parse::<u32>().map_err(|_| format!("line {lineno}: bad synset id {t:?}"))?);
+            for t in ids
+                .split(crate::meteor::normalize::is_tok_delim)
+                .filter(|t| !t.is_empty())
+            {
+                set.push(
+                    t.parse::<u32>()
+                        .map_err(|_| format!("line {lineno}: bad synset id {t:?}"))?,
+                );
             }
             set.sort_unstable();
             set.dedup();

@@ -16,8 +16,12 @@ pub fn shared_dir() -> PathBuf {
 pub fn corpora() -> Vec<(String, PathBuf, Value)> {
     let dir = shared_dir().join("metrics");
     let mut out = Vec::new();
-    let entries = std::fs::read_dir(dir.join("corpora"))
-        .unwrap_or_else(|e| panic!("cannot list {}/corpora: {e} (set SCA_SHARED_DIR)", dir.display()));
+    let entries = std::fs::read_dir(dir.join("corpora")).unwrap_or_else(|e| {
+        panic!(
+            "cannot list {}/corpora: {e} (set SCA_SHARED_DIR)",
+            dir.display()
+        )
+    });
     for e in entries {
         let path = e.unwrap().path();
         if path.extension().and_then(|s| s.to_str()) != Some("json") {
@@ -25,11 +29,16 @@ pub fn corpora() -> Vec<(String, PathBuf, Value)> {
         }
         let name = path.file_stem().unwrap().to_str().unwrap().to_string();
         let exp_path = dir.join("expected").join(format!("{name}.expected.json"));
-        let exp: Value = serde_json::from_str(&std::fs::read_to_string(&exp_path).unwrap()).unwrap();
+        let exp: Value =
+            serde_json::from_str(&std::fs::read_to_string(&exp_path).unwrap()).unwrap();
         out.push((name, path, exp));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    assert!(out.len() >= 20, "expected the shared corpora, found {}", out.len());
+    assert!(
+        out.len() >= 20,
+        "expected the shared corpora, found {}",
+        out.len()
+    );
     out
 }
 
@@ -41,5 +50,7 @@ pub fn meteor_dir() -> PathBuf {
 }
 
 pub fn f(v: &Value, key: &str) -> f64 {
-    v[key].as_f64().unwrap_or_else(|| panic!("missing number {key} in {v}"))
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("missing number {key} in {v}"))
 }
