@@ -176,6 +176,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let decoder_mixer_ms = time(a.runs, || {
         Ok(model.decode_prompts(&emb, &one, true, &mut Trace::default())?)
     })?;
+    for (i, p) in sca_core::sam::image_encoder::PROF.iter().enumerate() {
+        eprintln!("prof {i}: {} ms", p.swap(0, std::sync::atomic::Ordering::Relaxed) / 1000 / (a.runs as u64 + 1));
+    }
 
     // LM: 14-token prefix prefill, then 20 single-token steps with the KV cache.
     let d = cfg.text_config.n_embd;

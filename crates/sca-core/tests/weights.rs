@@ -389,7 +389,9 @@ fn corrupt_pickles_and_records_are_reported() {
             "archive/version"
         ]
     );
-    let with = |name: &str, f: &dyn Fn(&str, &[u8]) -> Option<Vec<u8>>| -> (PathBuf, String) {
+    // rewrites (or drops, on None) one archive record
+    type Edit<'a> = &'a dyn Fn(&str, &[u8]) -> Option<Vec<u8>>;
+    let with = |name: &str, f: Edit| -> (PathBuf, String) {
         let p = dir.path().join(name);
         let recs: Vec<(&str, Vec<u8>)> = records
             .iter()

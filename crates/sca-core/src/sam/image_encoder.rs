@@ -622,7 +622,7 @@ impl Attention {
 const GLOBAL_BLOCK_QUERIES: usize = 64;
 
 pub static PROF: [std::sync::atomic::AtomicU64; 8] = [const { std::sync::atomic::AtomicU64::new(0) }; 8];
-fn lap(t: &mut std::time::Instant, i: usize) {
+pub(crate) fn lap(t: &mut std::time::Instant, i: usize) {
     PROF[i].fetch_add(t.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
     *t = std::time::Instant::now();
 }

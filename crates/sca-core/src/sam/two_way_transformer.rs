@@ -33,12 +33,17 @@ impl Attention {
 
     /// q (M,Tq,C), k (M,Tk,C), v (M,Tk,C) -> (M,Tq,C)
     pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let mut t = std::time::Instant::now();
         let q = ops::linear(q, &self.q_proj)?;
         let k = ops::linear(k, &self.k_proj)?;
         let v = ops::linear(v, &self.v_proj)?;
+        crate::sam::image_encoder::lap(&mut t, 5);
         let hd = q.dim(2)? / self.num_heads;
         let out = ops::attention(&q, &k, &v, self.num_heads, 1.0 / (hd as f64).sqrt())?;
-        ops::linear(&out, &self.out_proj)
+        crate::sam::image_encoder::lap(&mut t, 6);
+        let r = ops::linear(&out, &self.out_proj);
+        crate::sam::image_encoder::lap(&mut t, 7);
+        r
     }
 }
 
@@ -110,17 +115,23 @@ impl TwoWayBlock {
             ops::add_layer_norm(queries, &attn, &self.layer_norm1)?
         };
 
+        let mut t = std::time::Instant::now();
         let q = (&queries + query_pe)?;
         let k = keys.broadcast_add(key_pe)?;
+        crate::sam::image_encoder::lap(&mut t, 0);
         let attn = self.cross_attn_token_to_image.forward(&q, &k, keys)?;
+        crate::sam::image_encoder::lap(&mut t, 1);
         let queries = ops::add_layer_norm(&queries, &attn, &self.layer_norm2)?;
 
         let mlp = ops::linear(&ops::linear(&queries, &self.lin1)?.relu()?, &self.lin2)?;
         let queries = ops::add_layer_norm(&queries, &mlp, &self.layer_norm3)?;
+        crate::sam::image_encoder::lap(&mut t, 2);
 
         let q = (&queries + query_pe)?;
         let attn = self.cross_attn_image_to_token.forward(&k, &q, &queries)?;
+        crate::sam::image_encoder::lap(&mut t, 3);
         let keys = ops::add_layer_norm(keys, &attn, &self.layer_norm4)?;
+        crate::sam::image_encoder::lap(&mut t, 4);
         Ok((queries, keys))
     }
 }
