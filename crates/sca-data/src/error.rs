@@ -9,7 +9,9 @@ pub enum Error {
     /// A file or directory that cannot be read or written.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
@@ -17,30 +19,52 @@ pub enum Error {
     /// number belongs, ...). `line`/`column` are 1-based, as `serde_json` reports them.
     #[error("{}: line {line}, column {column}: {msg}", path.display())]
     Json {
+        /// The file.
         path: PathBuf,
+        /// 1-based line.
         line: usize,
+        /// 1-based column.
         column: usize,
+        /// What is wrong.
         msg: String,
     },
     /// Well-formed JSON whose content is invalid; `at` names the key path or record.
     #[error("{}: {at}: {msg}", path.display())]
     Format {
+        /// The file.
         path: PathBuf,
+        /// Key path or record, e.g. `annotations[3] (id 17).segmentation` or `line 4: regions[0]`.
         at: String,
+        /// What is wrong.
         msg: String,
     },
     /// An image that cannot be found or decoded.
     #[error("image {}: {msg}", path.display())]
-    Image { path: PathBuf, msg: String },
+    Image {
+        /// The image file (or `<image ID>` for in-memory images).
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
     /// A dataset spec (`vg:DIR`, `jsonl:FILE`, ...) that cannot be parsed.
     #[error("dataset spec {spec:?}: {msg}")]
-    Spec { spec: String, msg: String },
+    Spec {
+        /// The spec as given.
+        spec: String,
+        /// What is wrong.
+        msg: String,
+    },
     /// An invalid configuration value (augmentation, loader, generator).
     #[error("invalid configuration: {0}")]
     Config(String),
     /// A sample index outside the dataset.
     #[error("sample index {index} is out of range for a dataset of {len} samples")]
-    OutOfRange { index: usize, len: usize },
+    OutOfRange {
+        /// The requested index.
+        index: usize,
+        /// The dataset size.
+        len: usize,
+    },
     /// A loader state that does not belong to this loader (other dataset size or seed).
     #[error("cannot restore loader state: {0}")]
     State(String),
