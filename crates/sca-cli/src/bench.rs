@@ -140,8 +140,15 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let pixels = Tensor::randn(0f32, 1.0, (1, 3, s, s), &dev)?;
     let mut tr = Trace::default();
     let (emb, encoder_ms, encoder_peak) = if a.skip_encoder {
-        let (c, g) = (cfg.vision_config.output_channels, cfg.vision_config.grid_size());
-        (Tensor::randn(0f32, 1.0, (1, c, g, g), &dev)?, f64::NAN, f64::NAN)
+        let (c, g) = (
+            cfg.vision_config.output_channels,
+            cfg.vision_config.grid_size(),
+        );
+        (
+            Tensor::randn(0f32, 1.0, (1, c, g, g), &dev)?,
+            f64::NAN,
+            f64::NAN,
+        )
     } else {
         let emb = model.embed_pixels(&pixels, &mut tr)?; // warm-up
         reset_peak_rss();
@@ -176,9 +183,6 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let decoder_mixer_ms = time(a.runs, || {
         Ok(model.decode_prompts(&emb, &one, true, &mut Trace::default())?)
     })?;
-    for (i, p) in sca_core::sam::image_encoder::PROF.iter().enumerate() {
-        eprintln!("prof {i}: {} ms", p.swap(0, std::sync::atomic::Ordering::Relaxed) / 1000 / (a.runs as u64 + 1));
-    }
 
     // LM: 14-token prefix prefill, then 20 single-token steps with the KV cache.
     let d = cfg.text_config.n_embd;

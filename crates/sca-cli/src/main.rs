@@ -2,6 +2,7 @@
 
 mod bench;
 mod caption;
+mod eval;
 mod score;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,8 @@ enum Command {
     Score(score::ScoreArgs),
     /// Time every stage of a model built from a config with random weights.
     Bench(bench::BenchArgs),
+    /// Caption every region of a dataset and score the captions (and masks).
+    Eval(eval::EvalArgs),
 }
 
 fn main() {
@@ -40,6 +43,7 @@ fn main() {
         Command::Caption(a) => caption::run(&a),
         Command::Score(a) => score::run(&a),
         Command::Bench(a) => bench::run(&a),
+        Command::Eval(a) => eval::run(&a),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");

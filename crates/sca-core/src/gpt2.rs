@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
 use crate::config::Gpt2Config;
+use crate::ops;
 use crate::trace::Trace;
 
 /// HF `Conv1D`: y = x·W + b with W stored (in, out).
@@ -73,7 +74,7 @@ impl Block {
         let (nh, hd) = (self.n_head, d / self.n_head);
         let qkv = self
             .c_attn
-            .forward(&self.ln_1.forward(x)?)?
+            .forward(&ops::layer_norm(x, &self.ln_1)?)?
             .reshape((b, t, 3, nh, hd))?
             .permute((2, 0, 3, 1, 4))?
             .contiguous()?; // (3,B,nh,T,hd)
@@ -89,7 +90,7 @@ impl Block {
         let att = candle_nn::ops::softmax_last_dim(&att)?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
         let x = (x + self.c_proj.forward(&y)?)?;
-        let h = self.c_fc.forward(&self.ln_2.forward(&x)?)?.gelu()?; // gelu_new (tanh)
+        let h = ops::gelu_tanh(&self.c_fc.forward(&ops::layer_norm(&x, &self.ln_2)?)?)?; // gelu_new
         x + self.mlp_proj.forward(&h)?
     }
 }

@@ -5,6 +5,7 @@
 //! [`Sca::predict`] masks and a caption for each prompt.
 
 pub mod config;
+pub mod dropout;
 pub mod error;
 pub mod generate;
 pub mod gpt2;

@@ -152,6 +152,36 @@ impl ScaModel {
     }
 }
 
+impl ScaModel {
+    /// [`ScaModel::teacher_forced_logits`] for training: differentiable end to end (gradients
+    /// reach the prefix and any trainable GPT-2 weight), no KV cache, and GPT-2's dropout
+    /// (`embd`/`attn`/`resid`) when `dropout` is given, as the official frozen LM in train
+    /// mode. With `dropout = None` the logits equal `teacher_forced_logits`.
+    pub fn teacher_forced_logits_train(
+        &self,
+        prefix: &Tensor,
+        input_ids: &Tensor,
+        mask: &Tensor,
+        dropout: Option<&crate::dropout::Dropout>,
+    ) -> candle_core::Result<Tensor> {
+        let (m, p, _) = prefix.dims3()?;
+        let l = input_ids.dim(1)?;
+        let text = self.lm.embed_tokens(input_ids)?;
+        let inputs = Tensor::cat(&[prefix, &text], 1)?;
+        let ones = Tensor::ones((m, p), candle_core::DType::U32, prefix.device())?;
+        let am = Tensor::cat(&[&ones, &mask.to_dtype(candle_core::DType::U32)?], 1)?;
+        // TEMP(trainer): until gpt2.rs gets its training forward (after the perf commit).
+        if dropout.is_some() {
+            candle_core::bail!("GPT-2 dropout is not wired yet")
+        }
+        let mut cache = self.lm.new_cache();
+        let h =
+            self.lm
+                .forward_embeds(&inputs, Some(&am), &mut cache, "", &mut Trace::default())?;
+        self.lm.logits(&h.narrow(1, p - 1, l + 1)?)
+    }
+}
+
 /// The official caption loss: cross-entropy with label smoothing over the full vocabulary, mean
 /// over the real (mask = 1) target tokens. `logits` (M, L+1, V) from
 /// [`ScaModel::teacher_forced_logits`], `input_ids`/`mask` (M, L).

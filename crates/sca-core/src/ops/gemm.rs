@@ -64,7 +64,11 @@ impl<'a> Mat<'a> {
 
     /// `n` rows starting at `r0`, every `step`-th one.
     pub fn rows_step(self, r0: usize, step: usize, n: usize) -> Self {
-        assert!(n == 0 || r0 + (n - 1) * step < self.rows, "rows {r0}+{n}*{step} of {}", self.rows);
+        assert!(
+            n == 0 || r0 + (n - 1) * step < self.rows,
+            "rows {r0}+{n}*{step} of {}",
+            self.rows
+        );
         let data = if n == 0 {
             &self.data[..0]
         } else {
@@ -198,7 +202,7 @@ pub fn par_gemm(alpha: f32, a: Mat, b: Mat, beta: f32, c: &mut [f32], ldc: usize
 #[cfg(feature = "openblas")]
 mod backend {
     use super::Mat;
-    use std::ffi::{c_char, c_int, c_void, CStr};
+    use std::ffi::c_int;
     use std::sync::Once;
 
     /// We split products over rayon ourselves.
@@ -232,68 +236,13 @@ mod backend {
             ldc: c_int,
         );
         fn openblas_set_num_threads(n: c_int);
-        fn openblas_get_corename() -> *const c_char;
-    }
-
-    extern "C" {
-        fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
     }
 
     static INIT: Once = Once::new();
 
     fn init() {
-        INIT.call_once(|| {
-            // SAFETY: plain setters/getters of OpenBLAS's global state, called once before any
-            // product runs.
-            unsafe { openblas_set_num_threads(1) };
-            #[cfg(target_arch = "x86_64")]
-            upgrade_core();
-        });
-    }
-
-    /// OpenBLAS before 0.3.22 (Debian 12 ships 0.3.21) does not know AMD Zen 4 and picks its
-    /// AVX2 Haswell kernels there, at less than half the speed of its AVX-512 SkylakeX kernels.
-    /// On a runtime-dispatching (DYNAMIC_ARCH) build we redo the core selection with
-    /// `OPENBLAS_CORETYPE=SkylakeX`, exactly what that variable does at load time. A core type
-    /// the user set is left alone.
-    #[cfg(target_arch = "x86_64")]
-    fn upgrade_core() {
-        if std::env::var_os("OPENBLAS_CORETYPE").is_some() {
-            return;
-        }
-        let avx512 = is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512dq")
-            && is_x86_feature_detected!("avx512vl");
-        // SAFETY: OpenBLAS returns a pointer to a static NUL-terminated name.
-        let core = unsafe { CStr::from_ptr(openblas_get_corename()) };
-        if !avx512 || !matches!(core.to_bytes(), b"Haswell" | b"Zen") {
-            return;
-        }
-        // SAFETY: dlsym with RTLD_DEFAULT (null) only looks symbols up; the two found are the
-        // `void f(void)` functions of OpenBLAS's dynamic.c, and no product is running (we are
-        // inside `INIT`, before the first one). Absent on single-target builds: then nothing
-        // is done.
-        unsafe {
-            let quit = dlsym(std::ptr::null_mut(), c"gotoblas_dynamic_quit".as_ptr());
-            let init = dlsym(std::ptr::null_mut(), c"gotoblas_dynamic_init".as_ptr());
-            if quit.is_null() || init.is_null() {
-                return;
-            }
-            let quit: extern "C" fn() = std::mem::transmute(quit);
-            let init: extern "C" fn() = std::mem::transmute(init);
-            // Read by `gotoblas_dynamic_init` only; removed again right after.
-            std::env::set_var("OPENBLAS_CORETYPE", "SkylakeX");
-            quit();
-            init();
-            std::env::remove_var("OPENBLAS_CORETYPE");
-        }
-        tracing::debug!(
-            "OpenBLAS core {:?} -> {:?}",
-            core,
-            // SAFETY: as above.
-            unsafe { CStr::from_ptr(openblas_get_corename()) }
-        );
+        // SAFETY: a setter of OpenBLAS's global state, run once before the first product.
+        INIT.call_once(|| unsafe { openblas_set_num_threads(1) });
     }
 
     /// (transpose flag, leading dimension) of a row-major BLAS operand, if the view is one.
@@ -368,15 +317,7 @@ mod backend {
     /// The `gemm` crate parallelises one product better than our row split would.
     pub(super) const SPLITS: bool = false;
 
-    fn run(
-        alpha: f32,
-        a: Mat,
-        b: Mat,
-        beta: f32,
-        c: &mut [f32],
-        ldc: usize,
-        par: Parallelism,
-    ) {
+    fn run(alpha: f32, a: Mat, b: Mat, beta: f32, c: &mut [f32], ldc: usize, par: Parallelism) {
         // SAFETY: the views were bounds-checked by `Mat::check`, `c` by the caller.
         // (The crate computes dst = alpha * dst + beta * lhs @ rhs: our alpha and beta swap.)
         unsafe {

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use super::{layer_norm, linear};
 use crate::config::VisionConfig;
 use crate::ops::gemm::{self, Mat};
-use crate::ops::{self, kernels, F32Slice};
+use crate::ops::{self, kernels, F32Slice, LnSlices};
 use crate::trace::Trace;
 
 /// Query rows of the grid processed at once in global attention: bounds the score matrix to
@@ -364,8 +364,8 @@ impl ImageEncoder {
             )
         }
         let pixel_values = pixel_values.to_dtype(DType::F32)?;
-        if ops::fast_path(&[&pixel_values, &self.patch_weight]) && (b == 1 || !trace.is_enabled())
-        {
+        let fast = ops::fast_path(&self.fast_path_inputs(&pixel_values));
+        if fast && (b == 1 || !trace.is_enabled()) {
             let out = (0..b)
                 .map(|i| self.forward_fast(&pixel_values.get(i)?, trace))
                 .collect::<Result<Vec<_>>>()?;
@@ -423,28 +423,6 @@ struct Workspace {
     rel_w: Vec<f32>,
 }
 
-/// A borrowed LayerNorm: (weight, bias, eps).
-struct LnRef<'a>(F32Slice<'a>, F32Slice<'a>, f32);
-
-impl<'a> LnRef<'a> {
-    fn new(ln: &'a LayerNorm) -> Result<Self> {
-        let Some(b) = ln.bias() else {
-            candle_core::bail!("LayerNorm without bias")
-        };
-        Ok(Self(F32Slice::new(ln.weight())?, F32Slice::new(b)?, ln.eps() as f32))
-    }
-
-    /// `out = LayerNorm(x)` over rows, in parallel.
-    fn apply(&self, x: &[f32], out: &mut [f32]) {
-        let c = self.0.len();
-        let rows = ops::rows_per_task(x.len() / c, c) * c;
-        out[..x.len()]
-            .par_chunks_mut(rows)
-            .zip(x.par_chunks(rows))
-            .for_each(|(o, x)| kernels::layer_norm(x, &self.0, &self.1, self.2, o));
-    }
-}
-
 /// `x[r] += b` for every row `r`.
 fn add_bias(x: &mut [f32], b: Option<&Tensor>) -> Result<()> {
     let Some(b) = b else { return Ok(()) };
@@ -464,7 +442,6 @@ fn add_bias(x: &mut [f32], b: Option<&Tensor>) -> Result<()> {
 /// Decomposed relative-position terms of one head over an `h x w` grid of queries `q`
 /// (h*w rows of hd): `rel_h[(i,j), k] = q(i,j)·Rh[i,k]` and `rel_w[(i,j), l] = q(i,j)·Rw[j,l]`,
 /// with `rh` (h, Hk, hd) and `rw` (w, Wk, hd) the gathered tables.
-#[allow(clippy::too_many_arguments)]
 fn rel_pos_terms(
     q: Mat,
     rh: &[f32],
@@ -481,7 +458,14 @@ fn rel_pos_terms(
     }
     for j in 0..w {
         let r = Mat::dense(&rw[j * kw * hd..(j + 1) * kw * hd], kw, hd).t();
-        gemm::gemm(1.0, q.rows_step(j, w, h), r, 0.0, &mut rel_w[j * kw..], w * kw);
+        gemm::gemm(
+            1.0,
+            q.rows_step(j, w, h),
+            r,
+            0.0,
+            &mut rel_w[j * kw..],
+            w * kw,
+        );
     }
 }
 
@@ -492,6 +476,14 @@ struct WindowScratch {
     scores: Vec<f32>,
     rel_h: Vec<f32>,
     rel_w: Vec<f32>,
+    inv_sums: Vec<f32>,
+}
+
+/// `out[r][..n] *= s[r]` for rows `ld` apart.
+fn scale_rows(out: &mut [f32], ld: usize, n: usize, s: &[f32]) {
+    for (r, &s) in s.iter().enumerate() {
+        out[r * ld..r * ld + n].iter_mut().for_each(|v| *v *= s);
+    }
 }
 
 impl Attention {
@@ -514,10 +506,9 @@ impl Attention {
         let scale = self.scale as f32;
         let qkv = &ws.big;
         ws.windows.resize(nwh * nww * t * c, 0.0);
-        ws.windows
-            .par_chunks_mut(t * c)
-            .enumerate()
-            .for_each_init(WindowScratch::default, |s, (wi, out)| {
+        ws.windows.par_chunks_mut(t * c).enumerate().for_each_init(
+            WindowScratch::default,
+            |s, (wi, out)| {
                 let (wy, wx) = (wi / nww, wi % nww);
                 // gather the window's tokens (padding: the bias)
                 s.qkv.resize(t * 3 * c, 0.0);
@@ -536,24 +527,31 @@ impl Attention {
                 s.scores.resize(t * t, 0.0);
                 s.rel_h.resize(t * win, 0.0);
                 s.rel_w.resize(t * win, 0.0);
+                s.inv_sums.resize(t, 0.0);
                 let all = Mat::new(&s.qkv, t, 3 * c, 3 * c);
                 for hi in 0..nh {
                     let q = all.cols(hi * hd, hd);
                     let k = all.cols(c + hi * hd, hd);
                     let v = all.cols(2 * c + hi * hd, hd);
                     gemm::gemm(scale, q, k.t(), 0.0, &mut s.scores, t);
+                    let out = &mut out[hi * hd..];
                     match &rel {
                         Some((rh, rw)) => {
                             let (g, k) = ((win, win), (win, win));
                             rel_pos_terms(q, rh, rw, g, k, &mut s.rel_h, &mut s.rel_w);
-                            kernels::softmax_rel_pos(&mut s.scores, &s.rel_h, &s.rel_w, win, win)
+                            let (x, inv) = (&mut s.scores, &mut s.inv_sums);
+                            kernels::exp_rel_pos(x, &s.rel_h, &s.rel_w, win, inv);
+                            gemm::gemm(1.0, Mat::dense(x, t, t), v, 0.0, out, c);
+                            scale_rows(out, c, hd, inv);
                         }
-                        None => kernels::softmax_rows(&mut s.scores, t),
+                        None => {
+                            kernels::softmax_rows(&mut s.scores, t);
+                            gemm::gemm(1.0, Mat::dense(&s.scores, t, t), v, 0.0, out, c);
+                        }
                     }
-                    let p = Mat::dense(&s.scores, t, t);
-                    gemm::gemm(1.0, p, v, 0.0, &mut out[hi * hd..], c);
                 }
-            });
+            },
+        );
         // back to grid order, dropping the padding
         let windows = &ws.windows;
         ws.attn[..h * w * c]
@@ -591,29 +589,36 @@ impl Attention {
                 });
         }
         let (rel_h, rel_w) = (&ws.rel_h, &ws.rel_w);
-        let grid_rows = (std::env::var("GBQ").ok().and_then(|v| v.parse().ok()).unwrap_or(GLOBAL_BLOCK_QUERIES) / w).max(1);
+        let grid_rows = (GLOBAL_BLOCK_QUERIES / w).max(1);
         ws.attn[..n * c]
             .par_chunks_mut(grid_rows * w * c)
             .enumerate()
-            .for_each_init(Vec::new, |scores, (bi, out)| {
-                let q0 = bi * grid_rows * w;
-                let nq = out.len() / c;
-                scores.resize(nq * n, 0.0);
-                for hi in 0..nh {
-                    let q = qkv.rows(q0, nq).cols(hi * hd, hd);
-                    let k = qkv.cols(c + hi * hd, hd);
-                    let v = qkv.cols(2 * c + hi * hd, hd);
-                    gemm::gemm(scale, q, k.t(), 0.0, scores, n);
-                    if rel.is_some() {
-                        let rh = &rel_h[(hi * n + q0) * h..(hi * n + q0 + nq) * h];
-                        let rw = &rel_w[(hi * n + q0) * w..(hi * n + q0 + nq) * w];
-                        kernels::softmax_rel_pos(scores, rh, rw, h, w);
-                    } else {
-                        kernels::softmax_rows(scores, n);
+            .for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(scores, inv), (bi, out)| {
+                    let q0 = bi * grid_rows * w;
+                    let nq = out.len() / c;
+                    scores.resize(nq * n, 0.0);
+                    inv.resize(nq, 0.0);
+                    for hi in 0..nh {
+                        let q = qkv.rows(q0, nq).cols(hi * hd, hd);
+                        let k = qkv.cols(c + hi * hd, hd);
+                        let v = qkv.cols(2 * c + hi * hd, hd);
+                        gemm::gemm(scale, q, k.t(), 0.0, scores, n);
+                        let out = &mut out[hi * hd..];
+                        if rel.is_some() {
+                            let rh = &rel_h[(hi * n + q0) * h..(hi * n + q0 + nq) * h];
+                            let rw = &rel_w[(hi * n + q0) * w..(hi * n + q0 + nq) * w];
+                            kernels::exp_rel_pos(scores, rh, rw, w, inv);
+                            gemm::gemm(1.0, Mat::dense(scores, nq, n), v, 0.0, out, c);
+                            scale_rows(out, c, hd, inv);
+                        } else {
+                            kernels::softmax_rows(scores, n);
+                            gemm::gemm(1.0, Mat::dense(scores, nq, n), v, 0.0, out, c);
+                        }
                     }
-                    gemm::gemm(1.0, Mat::dense(scores, nq, n), v, 0.0, &mut out[hi * hd..], c);
-                }
-            });
+                },
+            );
         Ok(())
     }
 }
@@ -621,43 +626,31 @@ impl Attention {
 /// Queries per block of global attention: 64 x 4096 scores are 1 MiB, an L2's worth.
 const GLOBAL_BLOCK_QUERIES: usize = 64;
 
-pub static PROF: [std::sync::atomic::AtomicU64; 8] = [const { std::sync::atomic::AtomicU64::new(0) }; 8];
-pub(crate) fn lap(t: &mut std::time::Instant, i: usize) {
-    PROF[i].fetch_add(t.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
-    *t = std::time::Instant::now();
-}
-
 impl Block {
     /// x (H*W, C) in place.
     fn forward_fast(&self, x: &mut [f32], h: usize, w: usize, ws: &mut Workspace) -> Result<()> {
         let n = h * w;
         let c = x.len() / n;
-        let mut t = std::time::Instant::now();
-        LnRef::new(&self.layer_norm1)?.apply(x, &mut ws.xn);
+        LnSlices::new(&self.layer_norm1)?.apply(x, &mut ws.xn);
         let qkv_w = self.attn.qkv.weight();
-        ws.big.resize(n * qkv_w.dim(0)?.max(self.lin1.weight().dim(0)?), 0.0);
-        lap(&mut t, 0);
+        ws.big
+            .resize(n * qkv_w.dim(0)?.max(self.lin1.weight().dim(0)?), 0.0);
         ops::linear_into(&ws.xn, n, qkv_w, self.attn.qkv.bias(), &mut ws.big)?;
-        lap(&mut t, 1);
         if self.window_size > 0 {
             self.attn.forward_windows(h, w, self.window_size, ws)?;
-            lap(&mut t, 2);
         } else {
             self.attn.forward_global(h, w, ws)?;
-            lap(&mut t, 3);
         }
         // x += attn @ proj^T + b
         add_bias(x, self.attn.proj.bias())?;
         let proj = F32Slice::new(self.attn.proj.weight())?;
         let a = Mat::dense(&ws.attn[..n * c], n, c);
         gemm::par_gemm(1.0, a, Mat::dense(&proj, c, c).t(), 1.0, x, c);
-        lap(&mut t, 4);
         // x += gelu(LN2(x) @ lin1^T + b1) @ lin2^T + b2
-        LnRef::new(&self.layer_norm2)?.apply(x, &mut ws.xn);
+        LnSlices::new(&self.layer_norm2)?.apply(x, &mut ws.xn);
         let mlp = self.lin1.weight().dim(0)?;
         let hidden = &mut ws.big[..n * mlp];
         ops::linear_into(&ws.xn, n, self.lin1.weight(), None, hidden)?;
-        lap(&mut t, 5);
         match self.lin1.bias() {
             Some(b) => {
                 let b = F32Slice::new(b)?;
@@ -671,11 +664,9 @@ impl Block {
                 .for_each(kernels::gelu_inplace),
         }
         add_bias(x, self.lin2.bias())?;
-        lap(&mut t, 6);
         let w2 = F32Slice::new(self.lin2.weight())?;
         let hidden = Mat::dense(&ws.big[..n * mlp], n, mlp);
         gemm::par_gemm(1.0, hidden, Mat::dense(&w2, c, mlp).t(), 1.0, x, c);
-        lap(&mut t, 7);
         Ok(())
     }
 }
@@ -688,7 +679,7 @@ impl Neck {
         let mut y = vec![0f32; n * cout];
         ops::linear_into(x, n, &self.conv1, None, &mut y)?;
         let mut yn = vec![0f32; n * cout];
-        LnRef::new(&self.layer_norm1)?.apply(&y, &mut yn);
+        LnSlices::new(&self.layer_norm1)?.apply(&y, &mut yn);
         // 3x3 conv, padding 1, as one product over (ky, kx, cin)-ordered patches
         let mut cols = vec![0f32; n * 9 * cout];
         cols.par_chunks_mut(w * 9 * cout)
@@ -708,13 +699,41 @@ impl Neck {
             });
         let k = F32Slice::new(&self.conv2_taps)?;
         let a = Mat::dense(&cols, n, 9 * cout);
-        gemm::par_gemm(1.0, a, Mat::dense(&k, cout, 9 * cout).t(), 0.0, &mut y, cout);
-        LnRef::new(&self.layer_norm2)?.apply(&y, &mut yn);
-        ops::tensor(yn, (h, w, cout))?.permute((2, 0, 1))?.contiguous()
+        gemm::par_gemm(
+            1.0,
+            a,
+            Mat::dense(&k, cout, 9 * cout).t(),
+            0.0,
+            &mut y,
+            cout,
+        );
+        LnSlices::new(&self.layer_norm2)?.apply(&y, &mut yn);
+        ops::tensor(yn, (h, w, cout))?
+            .permute((2, 0, 1))?
+            .contiguous()
     }
 }
 
 impl ImageEncoder {
+    /// The input and every weight: the fast path needs them all untracked f32 CPU tensors.
+    fn fast_path_inputs<'a>(&'a self, pixels: &'a Tensor) -> Vec<&'a Tensor> {
+        let mut ts = vec![
+            pixels,
+            &self.patch_weight,
+            &self.neck.conv1,
+            &self.neck.conv2_taps,
+        ];
+        for l in &self.layers {
+            ts.extend([l.attn.qkv.weight(), l.attn.proj.weight(), l.lin1.weight()]);
+            ts.extend([
+                l.lin2.weight(),
+                l.layer_norm1.weight(),
+                l.layer_norm2.weight(),
+            ]);
+        }
+        ts
+    }
+
     /// The fast path of [`ImageEncoder::forward`] for one image: pixels (3, S, S) -> (C_out, g, g).
     fn forward_fast(&self, pixels: &Tensor, trace: &mut Trace) -> Result<Tensor> {
         let (cin, s, _) = pixels.dims3()?;
@@ -727,7 +746,13 @@ impl ImageEncoder {
             .contiguous()?;
         let mut x = vec![0f32; n * c];
         let patches = F32Slice::new(&patches)?;
-        ops::linear_into(&patches, n, &self.patch_weight, Some(&self.patch_bias), &mut x)?;
+        ops::linear_into(
+            &patches,
+            n,
+            &self.patch_weight,
+            Some(&self.patch_bias),
+            &mut x,
+        )?;
         if trace.is_enabled() {
             trace.record("vision_patch_embed", &ops::tensor(x.clone(), (1, g, g, c))?);
         }
@@ -754,15 +779,40 @@ impl ImageEncoder {
             }
         }
         drop(ws);
-        let t = std::time::Instant::now();
-        let r = self.neck.forward_fast(&x, g, g);
-        if std::env::var_os("SCA_PROF").is_some() {
-            let names = ["ln1", "qkv", "win_attn", "glob_attn", "proj", "lin1", "gelu", "lin2"];
-            for (n, p) in names.iter().zip(PROF.iter()) {
-                eprintln!("{n}: {} ms", p.swap(0, std::sync::atomic::Ordering::Relaxed) / 1000);
-            }
-            eprintln!("neck: {} ms", t.elapsed().as_millis());
+        self.neck.forward_fast(&x, g, g)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::{assert_close, random_vb, tracked};
+
+    fn config(qkv_bias: bool) -> VisionConfig {
+        // grid 8 with window 5: padded windows; layer 1 global
+        serde_json::from_value(serde_json::json!({
+            "hidden_size": 48, "output_channels": 32, "num_hidden_layers": 3,
+            "num_attention_heads": 4, "image_size": 128, "patch_size": 16,
+            "window_size": 5, "global_attn_indexes": [1], "mlp_dim": 96, "qkv_bias": qkv_bias,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn fast_path_matches_candle_ops() {
+        for qkv_bias in [true, false] {
+            let enc = ImageEncoder::new(&config(qkv_bias), random_vb()).unwrap();
+            let px = Tensor::randn(0f32, 1.0, (2, 3, 128, 128), &candle_core::Device::Cpu).unwrap();
+            let fast = enc.forward(&px, &mut Trace::default()).unwrap();
+            let slow = enc.forward(&tracked(&px), &mut Trace::default()).unwrap();
+            assert_close(&fast, &slow.detach(), 1e-4, "image embeddings");
+            let mut tr = Trace::enabled();
+            let one = enc.forward(&px.narrow(0, 1, 1).unwrap(), &mut tr).unwrap();
+            assert_close(&one, &fast.narrow(0, 1, 1).unwrap(), 1e-6, "batch entry");
+            assert_eq!(
+                tr.get("vision_layer2_output").unwrap().dims(),
+                [1, 8, 8, 48]
+            );
         }
-        r
     }
 }

@@ -4,10 +4,13 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
+use rayon::prelude::*;
+
 use super::two_way_transformer::TwoWayTransformer;
 use super::{layer_norm, ConvTranspose2x2, FeedForward};
 use crate::config::MaskCaptionDecoderConfig;
-use crate::ops;
+use crate::ops::gemm::{self, Mat};
+use crate::ops::{self, kernels, F32Slice};
 use crate::trace::Trace;
 
 /// What the SAM decoder gives per prompt (M prompts).
@@ -78,9 +81,9 @@ impl MaskDecoder {
         let tokens = Tensor::cat(&[&output_tokens, sparse], 1)?.contiguous()?; // (M, 5+T, C)
         trace.record("mask_decoder_transformer_queries_in", &tokens);
 
-        // (1|M, C, g, g) -> (M, g*g, C) channels-last tokens
-        let src = image_embeddings.broadcast_add(dense)?;
-        let src = to_tokens(&src)?.broadcast_as((m, g * g, c))?.contiguous()?;
+        // (1|M, C, g, g) -> (1|M, g*g, C) channels-last tokens; the transformer broadcasts one
+        // image over the M prompts
+        let src = to_tokens(&image_embeddings.broadcast_add(dense)?)?;
         let pos = to_tokens(image_pe)?;
         let (queries_out, keys_out) =
             self.transformer
@@ -89,8 +92,6 @@ impl MaskDecoder {
         trace.record("mask_decoder_transformer_keys_out", &keys_out);
 
         let iou_token_out = queries_out.narrow(1, 0, 1)?.squeeze(1)?; // (M, C)
-        let up = self.upscale(&keys_out, g)?; // (M, C/8, 4g, 4g)
-        trace.record("mask_decoder_upscaled_embedding", &up);
         let hyper = self
             .hypernetworks
             .iter()
@@ -98,13 +99,27 @@ impl MaskDecoder {
             .map(|(i, mlp)| mlp.forward(&queries_out.narrow(1, 1 + i, 1)?))
             .collect::<Result<Vec<_>>>()?;
         let hyper = Tensor::cat(&hyper, 1)?; // (M, 4, C/8)
-        let (_, c8, h4, w4) = up.dims4()?;
-        let masks = hyper.matmul(&up.reshape((m, c8, h4 * w4))?)?.reshape((
-            m,
-            self.num_mask_tokens,
-            h4,
-            w4,
-        ))?;
+        let (conv1, conv2) = (&self.upscale_conv1, &self.upscale_conv2);
+        let upscale = [
+            conv1.weight_taps(),
+            conv2.weight_taps(),
+            conv1.bias(),
+            conv2.bias(),
+        ];
+        let masks = if ops::fast_path(&[&[&keys_out, &hyper], &upscale[..]].concat()) {
+            let up = self.upscale_fast(&keys_out, g)?; // (M, 4g, 4g, C/8)
+            if trace.is_enabled() {
+                let up = up.permute((0, 3, 1, 2))?.contiguous()?;
+                trace.record("mask_decoder_upscaled_embedding", &up);
+            }
+            self.masks_fast(&hyper, &up)?
+        } else {
+            let up = self.upscale(&keys_out, g)?; // (M, C/8, 4g, 4g)
+            trace.record("mask_decoder_upscaled_embedding", &up);
+            let (_, c8, h4, w4) = up.dims4()?;
+            let masks = hyper.matmul(&up.reshape((m, c8, h4 * w4))?)?;
+            masks.reshape((m, self.num_mask_tokens, h4, w4))?
+        };
         let iou = self.iou_head.forward(&iou_token_out)?; // (M, 4)
         trace.record("iou_predictions_all", &iou);
         let (masks, iou) = if multimask {
@@ -134,9 +149,109 @@ impl MaskDecoder {
 
 /// (B, C, g, g) -> (B, g*g, C), row-major tokens.
 pub(crate) fn to_tokens(x: &Tensor) -> Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    x.reshape((b, c, h * w))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((b, h * w, c))
+    ops::channels_last(x)
+}
+
+impl MaskDecoder {
+    /// Fast path of `upscale`, channels-last: keys (M, g*g, C) -> (M, 4g, 4g, C/8).
+    fn upscale_fast(&self, keys: &Tensor, g: usize) -> Result<Tensor> {
+        let m = keys.dim(0)?;
+        let keys = keys.contiguous()?;
+        let (conv1, conv2) = (&self.upscale_conv1, &self.upscale_conv2);
+        let ln = &self.upscale_layer_norm;
+        let Some(ln_b) = ln.bias() else {
+            candle_core::bail!("LayerNorm without bias")
+        };
+        let (ln_w, ln_b) = (F32Slice::new(ln.weight())?, F32Slice::new(ln_b)?);
+        let eps = ln.eps() as f32;
+        let y = conv1.taps(&F32Slice::new(&keys)?)?;
+        let x = pixel_shuffle(&y, (m, g, g), conv1, |row| {
+            kernels::layer_norm_inplace(row, &ln_w, &ln_b, eps);
+            kernels::gelu_inplace(row);
+        })?;
+        let y = conv2.taps(&x)?;
+        let x = pixel_shuffle(&y, (m, 2 * g, 2 * g), conv2, kernels::gelu_inplace)?;
+        ops::tensor(x, (m, 4 * g, 4 * g, conv2.out_channels()))
+    }
+
+    /// hyper (M, K, C/8) against the channels-last upscaled map (M, H, W, C/8) -> (M, K, H, W).
+    fn masks_fast(&self, hyper: &Tensor, up: &Tensor) -> Result<Tensor> {
+        let (m, h, w, c8) = up.dims4()?;
+        let k = hyper.dim(1)?;
+        let hyper = hyper.contiguous()?;
+        let (hs, us) = (F32Slice::new(&hyper)?, F32Slice::new(up)?);
+        let mut out = vec![0f32; m * k * h * w];
+        for (i, out) in out.chunks_exact_mut(k * h * w).enumerate() {
+            let a = Mat::dense(&hs[i * k * c8..(i + 1) * k * c8], k, c8);
+            let b = Mat::dense(&us[i * h * w * c8..(i + 1) * h * w * c8], h * w, c8).t();
+            gemm::par_gemm(1.0, a, b, 0.0, out, h * w);
+        }
+        ops::tensor(out, (m, k, h, w))
+    }
+}
+
+/// Spreads a 2x2 transposed convolution's taps (M*h*w, 4*Cout) (columns (dy, dx, cout)) to
+/// the (M, 2h, 2w, Cout) map, adds the bias and applies `f` to each output row.
+fn pixel_shuffle(
+    y: &[f32],
+    (m, h, w): (usize, usize, usize),
+    conv: &ConvTranspose2x2,
+    f: impl Fn(&mut [f32]) + Sync,
+) -> Result<Vec<f32>> {
+    let co = conv.out_channels();
+    let bias = F32Slice::new(conv.bias())?;
+    let mut out = vec![0f32; m * 4 * h * w * co];
+    out.par_chunks_mut(2 * w * co)
+        .enumerate()
+        .for_each(|(r, row)| {
+            let (mi, oy) = (r / (2 * h), r % (2 * h));
+            let (i, dy) = (oy / 2, oy % 2);
+            for (ox, dst) in row.chunks_exact_mut(co).enumerate() {
+                let (j, dx) = (ox / 2, ox % 2);
+                let src = ((mi * h + i) * w + j) * 4 * co + (dy * 2 + dx) * co;
+                for ((d, &s), &b) in dst.iter_mut().zip(&y[src..src + co]).zip(bias.iter()) {
+                    *d = s + b;
+                }
+            }
+            f(row);
+        });
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::{assert_close, random_vb, tracked};
+    use candle_core::Device;
+
+    #[test]
+    fn fast_path_matches_candle_ops() {
+        let cfg: MaskCaptionDecoderConfig = serde_json::from_value(serde_json::json!({
+            "hidden_size": 32, "mlp_dim": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "iou_head_hidden_dim": 32, "additional_num_hidden_layers": 3, "num_caption_tokens": 2,
+        }))
+        .unwrap();
+        let dec = MaskDecoder::new(&cfg, random_vb()).unwrap();
+        let dev = &Device::Cpu;
+        let (m, g, c) = (2, 6, 32);
+        let emb = Tensor::randn(0f32, 1.0, (1, c, g, g), dev).unwrap();
+        let pe = Tensor::randn(0f32, 1.0, (1, c, g, g), dev).unwrap();
+        let sparse = Tensor::randn(0f32, 1.0, (m, 3, c), dev).unwrap();
+        let dense = Tensor::randn(0f32, 1.0, (1, c, g, g), dev).unwrap();
+        for multimask in [true, false] {
+            let mut tr = Trace::enabled();
+            let fast = dec
+                .forward(&emb, &pe, &sparse, &dense, multimask, &mut tr)
+                .unwrap();
+            let (s, d) = (tracked(&sparse), &dense);
+            let slow = dec
+                .forward(&emb, &pe, &s, d, multimask, &mut Trace::default())
+                .unwrap();
+            assert_close(&fast.masks, &slow.masks.detach(), 1e-4, "masks");
+            assert_close(&fast.iou, &slow.iou.detach(), 1e-4, "iou");
+            assert_close(&fast.keys_out, &slow.keys_out.detach(), 1e-5, "keys");
+            let up = tr.get("mask_decoder_upscaled_embedding").unwrap();
+            assert_eq!(up.dims(), [m, c / 8, 4 * g, 4 * g]);
+        }
+    }
 }

@@ -9,6 +9,8 @@ pub mod two_way_transformer;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::ops::gemm::Mat;
+
 pub use candle_nn::{LayerNorm, Linear};
 
 pub(crate) fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
@@ -23,7 +25,9 @@ pub(crate) fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNo
 /// done as one matmul: (M,h,w,Cin) -> (M,2h,2w,Cout).
 pub(crate) struct ConvTranspose2x2 {
     weight: Tensor, // (Cin, Cout*4)
-    bias: Tensor,   // (Cout)
+    /// The weight with columns ordered (dy, dx, cout): the fast path's layout.
+    weight_taps: Tensor,
+    bias: Tensor, // (Cout)
     out: usize,
 }
 
@@ -33,11 +37,42 @@ impl ConvTranspose2x2 {
             .get((cin, cout, 2, 2), "weight")?
             .reshape((cin, cout * 4))?;
         let bias = vb.get(cout, "bias")?;
+        let weight_taps = weight
+            .reshape((cin, cout, 4))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((cin, 4 * cout))?;
         Ok(Self {
             weight,
+            weight_taps,
             bias,
             out: cout,
         })
+    }
+
+    /// Fast path: x (M*h*w, Cin) channels-last rows -> (M*h*w, 4*Cout) with columns
+    /// (dy, dx, cout), no bias: output pixel (2i+dy, 2j+dx) of input pixel (i, j).
+    pub(crate) fn taps(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let (cin, n) = self.weight_taps.dims2()?;
+        let rows = x.len() / cin;
+        let w = crate::ops::F32Slice::new(&self.weight_taps)?;
+        let mut y = vec![0f32; rows * n];
+        let (x, w) = (Mat::dense(x, rows, cin), Mat::dense(&w, cin, n));
+        crate::ops::gemm::par_gemm(1.0, x, w, 0.0, &mut y, n);
+        Ok(y)
+    }
+
+    /// Output channels.
+    pub(crate) fn out_channels(&self) -> usize {
+        self.out
+    }
+
+    pub(crate) fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
+    pub(crate) fn weight_taps(&self) -> &Tensor {
+        &self.weight_taps
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -1,0 +1,120 @@
+//! `trainer`: train Segment and Caption Anything's caption mixer (and more) with candle.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use trainer::config::TrainConfig;
+use trainer::train::{fit, FitOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "trainer",
+    version,
+    about = "Train SCA's caption mixer (official recipe by default)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train as a TOML config says; checkpoints, log.jsonl and the final model go to --out.
+    Fit(FitArgs),
+    /// Time training steps (regions/s) of a model built from a config with random weights.
+    Bench(trainer::bench::BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct FitArgs {
+    /// The training config (TOML; see trainer/README.md).
+    #[arg(long)]
+    config: PathBuf,
+    /// Output directory: checkpoint-N/, log.jsonl, model/.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue from a checkpoint directory, or from the newest checkpoint in a run directory.
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    /// Stop with a checkpoint after this many steps (the schedule still runs to max_steps).
+    #[arg(long, value_name = "STEPS")]
+    stop_after: Option<u64>,
+}
+
+fn run_fit(a: &FitArgs) -> Result<()> {
+    let config = TrainConfig::from_file(&a.config)
+        .with_context(|| format!("reading {}", a.config.display()))?;
+    let world = std::env::var("WORLD_SIZE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1);
+    let opts = FitOptions {
+        config,
+        out: a.out.clone(),
+        resume: a.resume.clone(),
+        stop_after: a.stop_after,
+    };
+    let summary = if world > 1 {
+        fit_data_parallel(opts, world)?
+    } else {
+        fit(opts).with_context(|| format!("training into {}", a.out.display()))?
+    };
+    eprintln!(
+        "trained {} steps; loss {} -> {}; {:.2} regions/s{}",
+        summary.steps,
+        summary.first_loss.map_or("-".into(), |v| format!("{v:.4}")),
+        summary.last_loss.map_or("-".into(), |v| format!("{v:.4}")),
+        summary.regions_per_s,
+        summary
+            .model_dir
+            .map_or(String::new(), |d| format!("; model in {}", d.display()))
+    );
+    Ok(())
+}
+
+#[cfg(feature = "nccl")]
+fn fit_data_parallel(opts: FitOptions, world: usize) -> Result<trainer::train::FitSummary> {
+    let rank: usize = std::env::var("RANK")
+        .context("WORLD_SIZE > 1 needs RANK (0..WORLD_SIZE)")?
+        .parse()
+        .context("RANK must be an integer")?;
+    let device = trainer::train::parse_device(&opts.config.train.device)?;
+    std::fs::create_dir_all(&opts.out)?;
+    let id_file = opts.out.join(".nccl-id");
+    if rank == 0 {
+        let _ = std::fs::remove_file(&id_file);
+    }
+    let mut avg = trainer::grad_sync::NcclAverager::new(&device, rank, world, &id_file)?;
+    let out = opts.out.clone();
+    let res = trainer::train::fit_with(opts, &mut avg)
+        .with_context(|| format!("rank {rank}: training into {}", out.display()));
+    if rank == 0 {
+        let _ = std::fs::remove_file(&id_file);
+    }
+    res
+}
+
+#[cfg(not(feature = "nccl"))]
+fn fit_data_parallel(_: FitOptions, world: usize) -> Result<trainer::train::FitSummary> {
+    anyhow::bail!("WORLD_SIZE={world}: data-parallel training needs a build with --features nccl")
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Command::Fit(a) => run_fit(&a),
+        Command::Bench(a) => trainer::bench::run(&a).context("trainer bench"),
+    };
+    if let Err(e) = res {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,329 @@
+//! Where a training run's model comes from (an official checkpoint, separate SAM + GPT-2
+//! checkpoints with a fresh mixer, or a config alone) and how a model directory is written in
+//! the official layout that `Sca::load` reads.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use sca_core::config::ScaConfig;
+use sca_core::weights::Weights;
+use sca_core::ScaModel;
+use serde_json::{json, Value};
+
+use crate::config::{InitKind, ModelConfig};
+use crate::params::{is_mixer_key, ParamStore, RandomInit, Source, TrainableSet};
+use crate::{Error, Result};
+
+/// Tokenizer files copied into every written model directory (those that exist).
+pub const TOKENIZER_FILES: [&str; 5] = [
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
+
+/// Everything needed to build the model and to write it back out.
+pub struct ModelSetup {
+    pub config: ScaConfig,
+    /// The config as JSON (the full official document, extra fields kept).
+    pub config_json: Value,
+    /// Directory holding the tokenizer files.
+    pub tokenizer_dir: PathBuf,
+    /// `generation_config.json` to write (the source's, or transformers' defaults).
+    pub generation_json: Value,
+    /// `preprocessor_config.json` to write (the source's, or SAM's for the input size).
+    pub preprocessor_json: Value,
+    /// Initial weights.
+    pub source: Source,
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+}
+
+fn parse_config(v: &Value, origin: &Path) -> Result<ScaConfig> {
+    Ok(ScaConfig::from_json(&v.to_string(), origin)?)
+}
+
+fn weights_map(dir: &Path) -> Result<BTreeMap<String, Tensor>> {
+    let w = Weights::load(dir)?;
+    Ok(w.iter().map(|(k, t)| (k.to_string(), t.clone())).collect())
+}
+
+fn optional_json(path: &Path) -> Result<Option<Value>> {
+    if path.is_file() {
+        read_json(path).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// SAM's image processor for input side `s` (what `SamImageProcessor` saves).
+pub fn default_preprocessor_json(s: usize) -> Value {
+    json!({
+        "do_convert_rgb": true,
+        "do_normalize": true,
+        "do_pad": true,
+        "do_rescale": true,
+        "do_resize": true,
+        "image_mean": [0.485, 0.456, 0.406],
+        "image_processor_type": "SamImageProcessor",
+        "image_std": [0.229, 0.224, 0.225],
+        "pad_size": {"height": s, "width": s},
+        "processor_class": "SamProcessor",
+        "resample": 2,
+        "rescale_factor": 0.00392156862745098,
+        "size": {"longest_edge": s}
+    })
+}
+
+fn default_generation_json(cfg: &ScaConfig) -> Value {
+    json!({
+        "bos_token_id": cfg.text_config.bos_token_id,
+        "eos_token_id": cfg.text_config.eos_token_id,
+        "max_length": 20,
+    })
+}
+
+fn initializer_range(v: &Value) -> f64 {
+    v.get("initializer_range")
+        .and_then(Value::as_f64)
+        .unwrap_or(0.02)
+}
+
+impl ModelSetup {
+    /// Reads the configured starting point.
+    pub fn prepare(m: &ModelConfig) -> Result<ModelSetup> {
+        let need = |p: &Option<PathBuf>, key: &str| -> Result<PathBuf> {
+            p.clone()
+                .ok_or_else(|| Error::Config(format!("model.{key} is required")))
+        };
+        let setup = match m.init {
+            InitKind::Checkpoint => {
+                let dir = need(&m.checkpoint, "checkpoint")?;
+                Self::from_checkpoint(&dir, m.tokenizer.as_deref())?
+            }
+            InitKind::SamGpt2 => {
+                let sam = need(&m.sam, "sam")?;
+                let gpt2 = need(&m.gpt2, "gpt2")?;
+                Self::from_sam_gpt2(&sam, &gpt2, m)?
+            }
+            InitKind::Config => {
+                let path = need(&m.config, "config")?;
+                let config_json = read_json(&path)?;
+                let config = parse_config(&config_json, &path)?;
+                let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                let init = RandomInit {
+                    seed: m.init_seed,
+                    initializer_range: initializer_range(&config_json),
+                    gpt2_layers: config.text_config.n_layer,
+                    vision_hidden: config.vision_config.hidden_size,
+                };
+                ModelSetup {
+                    generation_json: optional_json(&dir.join("generation_config.json"))?
+                        .unwrap_or_else(|| default_generation_json(&config)),
+                    preprocessor_json: optional_json(&dir.join("preprocessor_config.json"))?
+                        .unwrap_or_else(|| {
+                            default_preprocessor_json(config.vision_config.image_size)
+                        }),
+                    tokenizer_dir: m.tokenizer.clone().unwrap_or(dir),
+                    config,
+                    config_json,
+                    source: Source {
+                        tensors: BTreeMap::new(),
+                        init_missing: Some((init, |_| true)),
+                        origin: path.display().to_string(),
+                    },
+                }
+            }
+        };
+        // Fail early on a missing tokenizer.
+        sca_core::tokenizer::Tokenizer::from_dir(&setup.tokenizer_dir)?;
+        Ok(setup)
+    }
+
+    /// An official SCA checkpoint or a trainer output directory.
+    pub fn from_checkpoint(dir: &Path, tokenizer: Option<&Path>) -> Result<ModelSetup> {
+        let cfg_path = dir.join("config.json");
+        if !cfg_path.is_file() {
+            return Err(Error::Checkpoint {
+                path: dir.to_path_buf(),
+                msg: "no config.json (expected an SCA checkpoint directory)".into(),
+            });
+        }
+        let config_json = read_json(&cfg_path)?;
+        let config = parse_config(&config_json, &cfg_path)?;
+        Ok(ModelSetup {
+            generation_json: optional_json(&dir.join("generation_config.json"))?
+                .unwrap_or_else(|| default_generation_json(&config)),
+            preprocessor_json: optional_json(&dir.join("preprocessor_config.json"))?
+                .unwrap_or_else(|| default_preprocessor_json(config.vision_config.image_size)),
+            tokenizer_dir: tokenizer
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| dir.to_path_buf()),
+            source: Source {
+                tensors: weights_map(dir)?,
+                init_missing: None,
+                origin: dir.display().to_string(),
+            },
+            config,
+            config_json,
+        })
+    }
+
+    /// HF SAM (`SamModel`: `vision_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`,
+    /// `shared_image_embedding.*`) + HF GPT-2 (`GPT2LMHeadModel` or `GPT2Model` keys) with a
+    /// freshly initialised mixer, projection and task tokens.
+    pub fn from_sam_gpt2(sam: &Path, gpt2: &Path, m: &ModelConfig) -> Result<ModelSetup> {
+        let sam_cfg = read_json(&sam.join("config.json"))?;
+        let gpt_cfg = read_json(&gpt2.join("config.json"))?;
+        let field = |v: &Value, k: &str, p: &Path| -> Result<Value> {
+            v.get(k).cloned().ok_or_else(|| {
+                Error::Config(format!("{}: no `{k}` (expected a SAM config)", p.display()))
+            })
+        };
+        let sam_path = sam.join("config.json");
+        let mut decoder = field(&sam_cfg, "mask_decoder_config", &sam_path)?;
+        if let Value::Object(o) = &mut decoder {
+            o.insert("additional_num_hidden_layers".into(), json!(m.mixer_layers));
+            o.insert("num_caption_tokens".into(), json!(m.num_caption_tokens));
+            o.insert("num_caption_heads".into(), json!(1));
+        }
+        let range = initializer_range(&sam_cfg);
+        let config_json = json!({
+            "_name_or_path": sam_cfg.get("_name_or_path").cloned().unwrap_or(json!("")),
+            "architectures": ["ScaMultitaskV2Model"],
+            "model_type": "sca",
+            "initializer_range": range,
+            "num_task_tokens": m.num_task_tokens,
+            "tie_word_embeddings": true,
+            "use_decoder_only_language_model": true,
+            "vl_projector_type": "linear",
+            "vl_projector_norm_type": "none",
+            "torch_dtype": "float32",
+            "vision_config": field(&sam_cfg, "vision_config", &sam_path)?,
+            "prompt_encoder_config": field(&sam_cfg, "prompt_encoder_config", &sam_path)?,
+            "mask_caption_decoder_config": decoder,
+            "text_config": gpt_cfg,
+        });
+        let origin = PathBuf::from(format!("{} + {}", sam.display(), gpt2.display()));
+        let config = parse_config(&config_json, &origin)?;
+        let mut tensors = weights_map(sam)?;
+        for (k, t) in weights_map(gpt2)? {
+            let key = if k.starts_with("transformer.") || k.starts_with("lm_head.") {
+                format!("language_model.{k}")
+            } else {
+                format!("language_model.transformer.{k}")
+            };
+            tensors.insert(key, t);
+        }
+        let init = RandomInit {
+            seed: m.init_seed,
+            initializer_range: range,
+            gpt2_layers: config.text_config.n_layer,
+            vision_hidden: config.vision_config.hidden_size,
+        };
+        Ok(ModelSetup {
+            generation_json: optional_json(&gpt2.join("generation_config.json"))?
+                .unwrap_or_else(|| default_generation_json(&config)),
+            preprocessor_json: optional_json(&sam.join("preprocessor_config.json"))?
+                .unwrap_or_else(|| default_preprocessor_json(config.vision_config.image_size)),
+            tokenizer_dir: m.tokenizer.clone().unwrap_or_else(|| gpt2.to_path_buf()),
+            source: Source {
+                tensors,
+                init_missing: Some((init, is_mixer_key)),
+                origin: origin.display().to_string(),
+            },
+            config,
+            config_json,
+        })
+    }
+
+    /// Builds the model (consumes the initial weights).
+    pub fn build(
+        &mut self,
+        trainable: TrainableSet,
+        device: &Device,
+    ) -> Result<(ScaModel, ParamStore)> {
+        let source = std::mem::replace(
+            &mut self.source,
+            Source {
+                tensors: BTreeMap::new(),
+                init_missing: None,
+                origin: String::new(),
+            },
+        );
+        ParamStore::build(&self.config, source, trainable, device)
+    }
+
+    /// The side files of a model directory, without weights.
+    pub fn files(&self) -> ModelFiles {
+        ModelFiles {
+            config_json: self.config_json.clone(),
+            tokenizer_dir: self.tokenizer_dir.clone(),
+            generation_json: self.generation_json.clone(),
+            preprocessor_json: self.preprocessor_json.clone(),
+        }
+    }
+}
+
+/// What a model directory holds besides the weights.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    pub config_json: Value,
+    pub tokenizer_dir: PathBuf,
+    pub generation_json: Value,
+    pub preprocessor_json: Value,
+}
+
+fn write_json(path: &Path, v: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| Error::Other(e.to_string()))?;
+    std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
+}
+
+/// Saves tensors as safetensors (moved to the CPU first).
+pub fn save_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+    let cpu: std::collections::HashMap<String, Tensor> = tensors
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
+        .collect::<Result<_>>()?;
+    candle_core::safetensors::save(&cpu, path).map_err(|e| Error::Checkpoint {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })
+}
+
+/// Writes `dir/` in the official layout: `model.safetensors` (official keys, tied `lm_head`
+/// omitted as `save_pretrained` does), `config.json`, tokenizer files,
+/// `generation_config.json`, `preprocessor_config.json`. `dir` must exist.
+pub fn write_model_dir(
+    dir: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    files: &ModelFiles,
+) -> Result<()> {
+    save_safetensors(&dir.join("model.safetensors"), tensors)?;
+    write_json(&dir.join("config.json"), &files.config_json)?;
+    write_json(&dir.join("generation_config.json"), &files.generation_json)?;
+    write_json(
+        &dir.join("preprocessor_config.json"),
+        &files.preprocessor_json,
+    )?;
+    for name in TOKENIZER_FILES {
+        let src = files.tokenizer_dir.join(name);
+        if src.is_file() {
+            let dst = dir.join(name);
+            std::fs::copy(&src, &dst).map_err(|e| Error::io(&dst, e))?;
+            // The source may be read-only (shared fixtures); the copy is ours.
+            let mut perm = std::fs::metadata(&dst)
+                .map_err(|e| Error::io(&dst, e))?
+                .permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perm.set_readonly(false);
+            std::fs::set_permissions(&dst, perm).map_err(|e| Error::io(&dst, e))?;
+        }
+    }
+    Ok(())
+}
