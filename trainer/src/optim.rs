@@ -118,7 +118,8 @@ impl AdamW {
         let bc2_sqrt = bc2.sqrt();
         for (slot, g) in self.slots.iter_mut().zip(grads) {
             let Some(g) = g else { continue };
-            let g = g.to_dtype(DType::F32)?;
+            // Detached, so that the moments never hold a computation graph.
+            let g = g.to_dtype(DType::F32)?.detach();
             let mut w = slot.var.as_tensor().detach();
             if slot.decay && p.weight_decay != 0.0 {
                 w = (w * (1.0 - lr * p.weight_decay))?;

@@ -190,10 +190,12 @@ pub fn forward(model: &ScaModel, inputs: &StepInputs, opts: &LossOptions) -> Res
 }
 
 /// Gradients of `loss` for `vars` (in order; `None` where no gradient reached a parameter).
+/// They are detached: candle records the backward pass's own ops on tensors derived from
+/// `Var`s, and a gradient that kept that graph would keep the whole step alive.
 pub fn gradients(loss: &Tensor, vars: &[&Var]) -> Result<Vec<Option<Tensor>>> {
     let grads = loss.backward()?;
     Ok(vars
         .iter()
-        .map(|v| grads.get(v.as_tensor()).cloned())
+        .map(|v| grads.get(v.as_tensor()).map(Tensor::detach))
         .collect())
 }

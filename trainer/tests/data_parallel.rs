@@ -11,14 +11,32 @@ use sca_data::{open_spec, DataLoader, Split};
 use trainer::grad_sync::{GradAverager, SingleWorker, ThreadGroup};
 use trainer::train::{loader_config, Trainer};
 
+/// Largest difference relative to the tensor's largest gradient; tensors whose gradient is
+/// zero in exact arithmetic (e.g. attention key biases, rounding noise only) are compared
+/// against 1e-3 of the largest gradient of all.
 fn max_rel_diff(a: &[Option<Tensor>], b: &[Option<Tensor>]) -> f64 {
+    let global = a
+        .iter()
+        .flatten()
+        .map(|t| {
+            t.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        })
+        .fold(0f32, f32::max);
     let mut worst = 0f64;
     for (x, y) in a.iter().zip(b) {
         match (x, y) {
             (Some(x), Some(y)) => {
                 let x = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                let scale = x.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+                let scale = x
+                    .iter()
+                    .fold(0f32, |m, v| m.max(v.abs()))
+                    .max(1e-3 * global);
                 for (p, q) in x.iter().zip(&y) {
                     worst = worst.max(((p - q).abs() / scale) as f64);
                 }
@@ -102,8 +120,10 @@ fn n_workers_equal_one_worker_on_the_n_times_batch() {
     for workers in [2, 4] {
         let (gn, lossn) = averaged_grads(&tr, &batch, workers);
         let d = max_rel_diff(&g1, &gn);
+        // f32 sums in another order differ by ~1e-5..1e-4 of the largest entry; a wrong split
+        // (other dropout masks, other weighting) differs by O(1).
         assert!(
-            d < 2e-5,
+            d < 3e-4,
             "{workers} workers: gradients differ by {d:e} (relative to max)"
         );
         assert!(

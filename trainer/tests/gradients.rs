@@ -15,17 +15,24 @@ use trainer::losses::{dice_loss, sigmoid_focal_loss};
 use trainer::step::{forward, gradients, StepInputs};
 use trainer::train::{loader_config, Trainer};
 
-fn direction(v: &Var, seed: u64) -> Tensor {
+/// A unit direction: half along the gradient (a derivative well above f32's resolution of the
+/// loss), half random (so that a wrong gradient of the right size is still caught).
+fn direction(v: &Var, g: &Tensor, seed: u64) -> Tensor {
     let mut rng = trainer::rng::SplitMix::new(seed);
     let n = v.elem_count();
-    let d: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
-    let norm = d.iter().map(|x| (x * x) as f64).sum::<f64>().sqrt() as f32;
-    Tensor::from_vec(
-        d.into_iter().map(|x| x / norm).collect::<Vec<_>>(),
-        v.shape(),
-        v.device(),
-    )
-    .unwrap()
+    let unit = |d: Vec<f32>| -> Vec<f32> {
+        let norm = d
+            .iter()
+            .map(|x| (x * x) as f64)
+            .sum::<f64>()
+            .sqrt()
+            .max(1e-30) as f32;
+        d.into_iter().map(|x| x / norm).collect()
+    };
+    let r = unit((0..n).map(|_| rng.normal() as f32).collect());
+    let g = unit(g.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    let d = unit(r.iter().zip(&g).map(|(a, b)| a + b).collect());
+    Tensor::from_vec(d, v.shape(), v.device()).unwrap()
 }
 
 fn check(
@@ -37,7 +44,7 @@ fn check(
     seed: u64,
 ) {
     let g = grad.unwrap_or_else(|| panic!("{name}: no gradient reached it"));
-    let u = direction(var, seed);
+    let u = direction(var, g, seed);
     let analytic = (g * &u)
         .unwrap()
         .sum_all()

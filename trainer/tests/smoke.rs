@@ -63,4 +63,26 @@ fn smoke_config_trains_and_halves_the_loss() {
         .unwrap();
     assert!(!r.tokens.is_empty());
     assert!(out.path().join("eval.json").is_file());
+    // Periodic evaluation at steps 100 and 200: teacher-forced loss and caption metrics.
+    let evals: Vec<&serde_json::Value> = entries.iter().filter_map(|e| e.get("eval")).collect();
+    assert_eq!(evals.len(), 2);
+    for ev in evals {
+        for k in [
+            "eval_loss",
+            "bleu4",
+            "cider_d",
+            "rouge_l",
+            "attribute_accuracy",
+        ] {
+            assert!(ev[k].as_f64().is_some(), "eval lacks {k}: {ev}");
+        }
+    }
+    // Checkpoints at 100 and 200, both loadable.
+    for step in [100, 200] {
+        sca_core::Sca::load(
+            &out.path().join(format!("checkpoint-{step}")),
+            candle_core::Device::Cpu,
+        )
+        .unwrap();
+    }
 }

@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
 use crate::config::Gpt2Config;
+use crate::dropout::{Dropout, Site};
 use crate::ops;
 use crate::trace::Trace;
 
@@ -63,12 +64,16 @@ impl Block {
         })
     }
 
-    /// x (B,T,D); mask (B|1,1,T,Tk) additive; cache (k,v) each (B,nh,Tpast,hd).
+    /// x (B,T,D); mask (B|1,1,T,Tk) additive; cache (k,v) each (B,nh,Tpast,hd); `dropout`
+    /// (training) applies HF's `attn_dropout`, `resid_dropout` and the MLP's `dropout` of
+    /// layer `layer`.
     fn forward(
         &self,
         x: &Tensor,
         mask: &Tensor,
         cache: &mut Option<(Tensor, Tensor)>,
+        layer: usize,
+        dropout: Option<&Dropout>,
     ) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let (nh, hd) = (self.n_head, d / self.n_head);
@@ -87,11 +92,22 @@ impl Block {
         }
         *cache = Some((k.clone(), v.clone()));
         let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let mut att = ops::softmax_last_dim(&att)?;
+        if let Some(d) = dropout {
+            att = d.apply(&att, Site::Attention(layer))?;
+        }
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, d))?;
-        let x = (x + self.c_proj.forward(&y)?)?;
+        let mut y = self.c_proj.forward(&y)?;
+        if let Some(d) = dropout {
+            y = d.apply(&y, Site::AttentionOutput(layer))?;
+        }
+        let x = (x + y)?;
         let h = ops::gelu_tanh(&self.c_fc.forward(&ops::layer_norm(&x, &self.ln_2)?)?)?; // gelu_new
-        x + self.mlp_proj.forward(&h)?
+        let mut h = self.mlp_proj.forward(&h)?;
+        if let Some(d) = dropout {
+            h = d.apply(&h, Site::MlpOutput(layer))?;
+        }
+        x + h
     }
 }
 
@@ -217,37 +233,61 @@ impl Gpt2 {
         let pos = Tensor::arange(past as u32, (past + t) as u32, dev)?;
         let mut x = embeds.broadcast_add(&self.wpe.forward(&pos)?)?;
         trace.record(format!("{trace_prefix}embeddings"), &x);
-        // causal mask (1,1,T,Tk) + padding mask (B,1,1,Tk)
-        let tk = past + t;
-        let causal: Vec<f32> = (0..t)
-            .flat_map(|i| {
-                (0..tk).map(move |j| {
-                    if j <= past + i {
-                        0.0
-                    } else {
-                        f32::NEG_INFINITY
-                    }
-                })
-            })
-            .collect();
-        let mut mask = Tensor::from_vec(causal, (1, 1, t, tk), dev)?;
-        if let Some(am) = attention_mask {
-            let pad = am
-                .to_dtype(DType::F32)?
-                .affine(1.0, -1.0)? // 0 for real, -1 for padding
-                .reshape((b, 1, 1, tk))?;
-            let pad = pad.clamp(-1.0f32, 0.0f32)?.affine(1e30, 0.0)?; // -1e30 for padding
-            mask = mask.broadcast_add(&pad)?;
-        }
+        let mask = attention_bias(b, t, past, attention_mask, dev)?;
         for (i, blk) in self.blocks.iter().enumerate() {
-            x = blk.forward(&x, &mask, &mut cache.layers[i])?;
+            x = blk.forward(&x, &mask, &mut cache.layers[i], i, None)?;
             if trace.is_enabled() {
                 trace.record(format!("{trace_prefix}block{i}_output"), &x);
             }
         }
-        let h = self.ln_f.forward(&x)?;
+        let h = ops::layer_norm(&x, &self.ln_f)?;
         trace.record(format!("{trace_prefix}last_hidden_state"), &h);
         Ok(h)
+    }
+
+    /// The training forward pass over whole sequences `embeds` (B,T,D) (positions 0..T, no
+    /// cache): differentiable with respect to the inputs and every tracked weight, with HF's
+    /// dropouts (`embd_pdrop` on the embeddings, `attn_pdrop` on the attention probabilities,
+    /// `resid_pdrop` on both residual branches) when `dropout` is given — the official frozen
+    /// LM runs in train mode. Returns the hidden states after `ln_f`; equal to
+    /// [`Gpt2::forward_embeds`] from an empty cache when `dropout` is `None`.
+    ///
+    /// ```
+    /// # use candle_core::{Device, Tensor};
+    /// # let vb = candle_nn::VarBuilder::zeros(candle_core::DType::F32, &Device::Cpu);
+    /// # let cfg: sca_core::config::Gpt2Config = serde_json::from_str(
+    /// #     r#"{"vocab_size": 10, "n_positions": 8, "n_embd": 4, "n_layer": 1, "n_head": 2}"#).unwrap();
+    /// let lm = sca_core::gpt2::Gpt2::new(&cfg, vb)?;
+    /// let x = Tensor::ones((2, 3, 4), candle_core::DType::F32, &Device::Cpu)?;
+    /// let d = sca_core::dropout::Dropout { seed: 0, embd: 0.1, attn: 0.1, resid: 0.1, rows: vec![0, 1] };
+    /// let h = lm.forward_train(&x, None, Some(&d))?;
+    /// assert_eq!(h.dims(), &[2, 3, 4]);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn forward_train(
+        &self,
+        embeds: &Tensor,
+        attention_mask: Option<&Tensor>,
+        dropout: Option<&Dropout>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = embeds.dims3()?;
+        let dev = embeds.device();
+        if t > self.cfg.n_positions {
+            candle_core::bail!(
+                "sequence of {t} tokens exceeds GPT-2's n_positions {}",
+                self.cfg.n_positions
+            )
+        }
+        let pos = Tensor::arange(0u32, t as u32, dev)?;
+        let mut x = embeds.broadcast_add(&self.wpe.forward(&pos)?)?;
+        if let Some(d) = dropout {
+            x = d.apply(&x, Site::Embeddings)?;
+        }
+        let mask = attention_bias(b, t, 0, attention_mask, dev)?;
+        for (i, blk) in self.blocks.iter().enumerate() {
+            x = blk.forward(&x, &mask, &mut None, i, dropout)?;
+        }
+        ops::layer_norm(&x, &self.ln_f)
     }
 
     /// Hidden states (..., D) -> logits (..., V).
@@ -267,6 +307,39 @@ impl Gpt2 {
         let t = hidden.dim(1)?;
         self.logits(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?)
     }
+}
+
+/// Additive attention bias: causal (1,1,T,Tk) plus key padding (B,1,1,Tk) from
+/// `attention_mask` (B, Tk) with 1 = real, for T new tokens after `past` cached ones.
+fn attention_bias(
+    b: usize,
+    t: usize,
+    past: usize,
+    attention_mask: Option<&Tensor>,
+    dev: &Device,
+) -> Result<Tensor> {
+    let tk = past + t;
+    let causal: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            (0..tk).map(move |j| {
+                if j <= past + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    let mut mask = Tensor::from_vec(causal, (1, 1, t, tk), dev)?;
+    if let Some(am) = attention_mask {
+        let pad = am
+            .to_dtype(DType::F32)?
+            .affine(1.0, -1.0)? // 0 for real, -1 for padding
+            .reshape((b, 1, 1, tk))?;
+        let pad = pad.clamp(-1.0f32, 0.0f32)?.affine(1e30, 0.0)?; // -1e30 for padding
+        mask = mask.broadcast_add(&pad)?;
+    }
+    Ok(mask)
 }
 
 /// Index of the maximum of each row (first one on ties, as torch.argmax): (B,V) -> B ids.

@@ -170,14 +170,7 @@ impl ScaModel {
         let inputs = Tensor::cat(&[prefix, &text], 1)?;
         let ones = Tensor::ones((m, p), candle_core::DType::U32, prefix.device())?;
         let am = Tensor::cat(&[&ones, &mask.to_dtype(candle_core::DType::U32)?], 1)?;
-        // TEMP(trainer): until gpt2.rs gets its training forward (after the perf commit).
-        if dropout.is_some() {
-            candle_core::bail!("GPT-2 dropout is not wired yet")
-        }
-        let mut cache = self.lm.new_cache();
-        let h =
-            self.lm
-                .forward_embeds(&inputs, Some(&am), &mut cache, "", &mut Trace::default())?;
+        let h = self.lm.forward_train(&inputs, Some(&am), dropout)?;
         self.lm.logits(&h.narrow(1, p - 1, l + 1)?)
     }
 }

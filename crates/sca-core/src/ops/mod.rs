@@ -5,12 +5,15 @@
 //! ([`fast_path`]); anything else (another device, training) goes through the equivalent candle
 //! ops, so the models stay differentiable.
 
+pub mod autograd;
 pub mod gemm;
 pub mod kernels;
 
 use std::ops::Deref;
 
-use candle_core::{CpuStorage, DType, Device, Module, Result, Shape, Storage, StorageRef, Tensor};
+use candle_core::{
+    CpuStorage, DType, Device, Module, Result, Shape, Storage, StorageRef, Tensor, D,
+};
 use candle_nn::{LayerNorm, Linear};
 use rayon::prelude::*;
 
@@ -201,6 +204,64 @@ fn ln_params(ln: &LayerNorm) -> Option<(&Tensor, &Tensor, f32)> {
     Some((ln.weight(), ln.bias()?, ln.eps() as f32))
 }
 
+/// Whether autograd tracks any of `ts`: then only differentiable candle ops may touch them
+/// (candle-nn's fused LayerNorm and softmax kernels have no backward pass).
+pub fn any_tracked(ts: &[&Tensor]) -> bool {
+    ts.iter().any(|t| t.track_op())
+}
+
+/// LayerNorm over the last axis from differentiable candle ops:
+/// `(x - mean) / sqrt(var + eps) * w + b` (biased variance, as PyTorch).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let x = Tensor::new(&[[1f32, 2., 3., 4.]], &Device::Cpu)?;
+/// let w = Tensor::ones(4, candle_core::DType::F32, &Device::Cpu)?;
+/// let b = Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu)?;
+/// let y = sca_core::ops::layer_norm_graph(&x, &w, Some(&b), 1e-5)?.to_vec2::<f32>()?;
+/// assert!((y[0][0] + 1.3416).abs() < 1e-3 && (y[0][3] - 1.3416).abs() < 1e-3);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn layer_norm_graph(x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let y = xc.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(w)?;
+    match b {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
+/// A LayerNorm that autograd can see through when any input is tracked, else candle-nn's.
+fn layer_norm_candle(x: &Tensor, ln: &LayerNorm) -> Result<Tensor> {
+    let mut ts = vec![x, ln.weight()];
+    ts.extend(ln.bias());
+    if !(ln.remove_mean() && any_tracked(&ts)) {
+        return ln.forward(x);
+    }
+    match ln.bias() {
+        Some(b) if autograd::supported(&[x, ln.weight(), b]) => {
+            autograd::layer_norm(x, ln.weight(), b, ln.eps())
+        }
+        b => layer_norm_graph(x, ln.weight(), b, ln.eps()),
+    }
+}
+
+/// Softmax over the last axis: candle-nn's fused kernel, or the differentiable composite
+/// when `x` is tracked.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.track_op() {
+        if autograd::supported(&[x]) {
+            autograd::softmax_last_dim(x)
+        } else {
+            candle_nn::ops::softmax(x, D::Minus1)
+        }
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
+}
+
 /// `LayerNorm(x)` over the last axis.
 pub fn layer_norm(x: &Tensor, ln: &LayerNorm) -> Result<Tensor> {
     match ln_params(ln) {
@@ -215,7 +276,7 @@ pub fn layer_norm(x: &Tensor, ln: &LayerNorm) -> Result<Tensor> {
                 .for_each(|(o, x)| kernels::layer_norm(x, &ws, &bs, eps, o));
             tensor(out, x.shape())
         }
-        _ => ln.forward(x),
+        _ => layer_norm_candle(x, ln),
     }
 }
 
@@ -234,7 +295,7 @@ pub fn add_layer_norm(x: &Tensor, y: &Tensor, ln: &LayerNorm) -> Result<Tensor> 
                 .for_each(|(o, (x, y))| kernels::add_layer_norm(x, y, &ws, &bs, eps, o));
             tensor(out, x.shape())
         }
-        _ => ln.forward(&(x + y)?),
+        _ => layer_norm_candle(&(x + y)?, ln),
     }
 }
 
@@ -337,7 +398,7 @@ pub fn attention(
         };
         let (qh, kh, vh) = (heads(q)?, heads(k)?, heads(v)?);
         let attn = (qh.matmul(&kh.t()?)? * scale)?;
-        let attn = candle_nn::ops::softmax_last_dim(&attn)?;
+        let attn = softmax_last_dim(&attn)?;
         return attn.matmul(&vh)?.transpose(1, 2)?.reshape((m, tq, c));
     }
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);

@@ -24,6 +24,9 @@ struct Attention {
     /// (H, Hk, hd) and (W, Wk, hd): `rel_pos_h[i - k + S - 1]` gathered once at load time.
     rel_h: Option<Tensor>,
     rel_w: Option<Tensor>,
+    /// The raw tables `rel_pos_h`, `rel_pos_w` and the input size: when they train, the
+    /// gather is redone every forward pass so that updates are seen.
+    rel_tables: Option<(Tensor, Tensor, usize)>,
 }
 
 /// Gathers the decomposed relative-position table for query/key size `size`: (S, S, hd).
@@ -47,16 +50,17 @@ impl Attention {
             candle_nn::linear_no_bias(dim, 3 * dim, vb.pp("qkv"))?
         };
         let proj = linear(dim, dim, vb.pp("proj"))?;
-        let (rel_h, rel_w) = if cfg.use_rel_pos {
+        let (rel_h, rel_w, rel_tables) = if cfg.use_rel_pos {
             let len = 2 * input_size - 1;
             let h = vb.get((len, head_dim), "rel_pos_h")?;
             let w = vb.get((len, head_dim), "rel_pos_w")?;
             (
                 Some(gather_rel_pos(&h, input_size)?),
                 Some(gather_rel_pos(&w, input_size)?),
+                Some((h, w, input_size)),
             )
         } else {
-            (None, None)
+            (None, None, None)
         };
         Ok(Self {
             qkv,
@@ -66,6 +70,7 @@ impl Attention {
             scale: (head_dim as f64).powf(-0.5),
             rel_h,
             rel_w,
+            rel_tables,
         })
     }
 
@@ -73,6 +78,14 @@ impl Attention {
     /// scored at once.
     fn forward(&self, x: &Tensor, row_chunk: usize) -> Result<Tensor> {
         let (b, h, w, c) = x.dims4()?;
+        // Trained tables are gathered afresh (the cached gather would not see updates).
+        let (rel_h, rel_w) = match &self.rel_tables {
+            Some((th, tw, size)) if ops::any_tracked(&[th, tw]) => (
+                Some(gather_rel_pos(th, *size)?),
+                Some(gather_rel_pos(tw, *size)?),
+            ),
+            _ => (self.rel_h.clone(), self.rel_w.clone()),
+        };
         let (nh, hd) = (self.num_heads, self.head_dim);
         // (B*H*W, 3C) -> (3, B, nh, HW, hd)
         let qkv = self
@@ -95,14 +108,14 @@ impl Attention {
             let q_rows = q.narrow(1, r0 * w, rows * w)?; // unscaled, for the bias
             let qs_rows = qs.narrow(1, r0 * w, rows * w)?;
             let scores = qs_rows.matmul(&kt)?; // (N, rows*W, HW)
-            let scores = match (&self.rel_h, &self.rel_w) {
+            let scores = match (&rel_h, &rel_w) {
                 (Some(rh), Some(rw)) => {
                     let bias = self.rel_bias(&q_rows, rh, rw, n, r0, rows, h, w)?; // (N, rows*W, HW)
                     (scores + bias)?
                 }
                 _ => scores,
             };
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let probs = ops::softmax_last_dim(&scores)?;
             outs.push(probs.matmul(&v)?); // (N, rows*W, hd)
             r0 += rows;
         }
@@ -188,7 +201,7 @@ impl Block {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, h, w, c) = x.dims4()?;
         let shortcut = x;
-        let x = self.layer_norm1.forward(x)?;
+        let x = ops::layer_norm(x, &self.layer_norm1)?;
         let x = if self.window_size > 0 {
             let ws = self.window_size;
             let (windows, hp, wp) = window_partition(&x, ws)?;
@@ -198,7 +211,7 @@ impl Block {
             self.attn.forward(&x, GLOBAL_ATTN_ROWS)?
         };
         let x = (shortcut + x)?;
-        let y = self.layer_norm2.forward(&x)?.reshape((b * h * w, c))?;
+        let y = ops::layer_norm(&x, &self.layer_norm2)?.reshape((b * h * w, c))?;
         let y = self.lin1.forward(&y)?.gelu_erf()?;
         let y = self.lin2.forward(&y)?.reshape((b, h, w, c))?;
         x + y
@@ -291,13 +304,11 @@ impl Neck {
         let cout = self.conv1.dim(0)?;
         let y = x.reshape((b * h * w, cin))?.matmul(&self.conv1.t()?)?;
         // LayerNorm2d over channels == LayerNorm over the last axis of a channels-last map.
-        let y = self.layer_norm1.forward(&y.reshape((b, h, w, cout))?)?;
+        let y = ops::layer_norm(&y.reshape((b, h, w, cout))?, &self.layer_norm1)?;
         let y = self
             .conv2
             .forward(&y.permute((0, 3, 1, 2))?.contiguous()?)?;
-        let y = self
-            .layer_norm2
-            .forward(&y.permute((0, 2, 3, 1))?.contiguous()?)?;
+        let y = ops::layer_norm(&y.permute((0, 2, 3, 1))?.contiguous()?, &self.layer_norm2)?;
         y.permute((0, 3, 1, 2))?.contiguous()
     }
 }

@@ -109,7 +109,7 @@ impl MaskEmbed {
     /// (M,1,4g,4g) -> (M,C,g,g); LayerNorm2d done channels-last.
     fn forward(&self, masks: &Tensor) -> Result<Tensor> {
         let ln2d = |x: &Tensor, ln: &LayerNorm| -> Result<Tensor> {
-            ln.forward(&x.permute((0, 2, 3, 1))?.contiguous()?)?
+            crate::ops::layer_norm(&x.permute((0, 2, 3, 1))?.contiguous()?, ln)?
                 .permute((0, 3, 1, 2))?
                 .contiguous()
         };
