@@ -26,3 +26,6 @@ done
 if [ -f scripts/setup-meteor.sh ]; then
   bash scripts/setup-meteor.sh
 fi
+
+# ONNX Runtime library for the export tests (ort, load-dynamic); path also in ORT_DYLIB_PATH.
+ORT_DYLIB_PATH="$(bash scripts/setup-onnxruntime.sh)"; export ORT_DYLIB_PATH
