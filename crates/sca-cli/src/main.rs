@@ -1,5 +1,6 @@
 //! `sca`: Segment and Caption Anything from the command line.
 
+mod anything;
 mod bench;
 mod caption;
 mod eval;
@@ -28,6 +29,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Caption every region of a dataset and score the captions (and masks).
     Eval(eval::EvalArgs),
+    /// Segment and caption everything in an image (automatic masks + one caption each).
+    Anything(anything::AnythingArgs),
 }
 
 fn main() {
@@ -44,6 +47,7 @@ fn main() {
         Command::Score(a) => score::run(&a),
         Command::Bench(a) => bench::run(&a),
         Command::Eval(a) => eval::run(&a),
+        Command::Anything(a) => anything::run(&a),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");

@@ -4,6 +4,7 @@
 //! The entry point is [`Sca`]: load a checkpoint, [`Sca::embed`] an image once, then
 //! [`Sca::predict`] masks and a caption for each prompt.
 
+pub mod anything;
 pub mod config;
 pub mod dropout;
 pub mod error;
