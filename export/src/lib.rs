@@ -1,13 +1,20 @@
-//! Export of SCA checkpoints to deployable artefacts. So far: the SAM ViT image encoder as an
-//! ONNX graph ([`onnx::export_onnx`]), written from Rust with hand-declared protobuf messages.
+//! Export of SCA checkpoints to deployable artefacts: the bundle of DESIGN.md §4
+//! ([`bundle::export_bundle`]: f16/f32 encoder, quantized GGUF decoder, ONNX encoder,
+//! manifest), the SAM ViT image encoder alone as an ONNX graph ([`onnx::export_onnx`], written
+//! from Rust with hand-declared protobuf messages), and the bundle check
+//! ([`verify::verify`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+pub mod bundle;
 pub mod onnx;
 pub mod onnx_proto;
+pub mod verify;
 
-pub use onnx::{build_encoder_model, export_onnx, export_onnx_with, OnnxOptions, OnnxSummary};
+pub use onnx::{
+    build_encoder_model, export_onnx, export_onnx_with, write_onnx, OnnxOptions, OnnxSummary,
+};
 
 /// Everything an export can fail on; each message names the file or tensor involved.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +31,9 @@ pub enum ExportError {
     /// The checkpoint uses a feature the exporter does not handle.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
     /// Writing the output failed.
     #[error("{path}: {source}")]
     Io {

@@ -82,8 +82,18 @@ pub fn export_onnx_with(
     }
     let cfg = ScaConfig::from_file(&cfg_path)?;
     let weights = Weights::load(dir)?;
-    let mut model = build_encoder_model(&cfg.vision_config, &weights)?;
-    drop(weights);
+    write_onnx(&cfg.vision_config, &weights, out, opts)
+}
+
+/// Builds the encoder graph from already-loaded `weights` and writes it atomically to `out`
+/// (and `<out>.data` with external data).
+pub fn write_onnx(
+    cfg: &VisionConfig,
+    weights: &Weights,
+    out: &Path,
+    opts: &OnnxOptions,
+) -> Result<OnnxSummary, ExportError> {
+    let mut model = build_encoder_model(cfg, weights)?;
     let (nodes, initializers) = model
         .graph
         .as_ref()

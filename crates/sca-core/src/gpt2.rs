@@ -1,51 +1,24 @@
 //! GPT-2 language model (HF `GPT2LMHeadModel`): Conv1D weights stored (in, out), pre-LN blocks,
 //! learned positions, head tied to `wte` unless the checkpoint carries `lm_head.weight`, KV cache.
 
+use std::sync::Arc;
+
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
 use crate::config::Gpt2Config;
 use crate::dropout::{Dropout, Site};
-use crate::ops;
+use crate::ops::{self, QLinear};
 use crate::trace::Trace;
-
-/// HF `Conv1D`: y = x·W + b with W stored (in, out).
-struct Conv1D {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Conv1D {
-    fn new(inp: usize, out: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get((inp, out), "weight")?,
-            bias: vb.get(out, "bias")?,
-        })
-    }
-
-    /// x (..., in) -> (..., out)
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let inp = dims[dims.len() - 1];
-        let n = x.elem_count() / inp;
-        let y = x
-            .reshape((n, inp))?
-            .matmul(&self.weight)?
-            .broadcast_add(&self.bias)?;
-        let mut out = dims;
-        let last = out.len() - 1;
-        out[last] = self.weight.dim(1)?;
-        y.reshape(out)
-    }
-}
 
 struct Block {
     ln_1: LayerNorm,
-    c_attn: Conv1D,
-    c_proj: Conv1D,
+    c_attn: QLinear,
+    c_proj: QLinear,
     ln_2: LayerNorm,
-    c_fc: Conv1D,
-    mlp_proj: Conv1D,
+    c_fc: QLinear,
+    mlp_proj: QLinear,
     n_head: usize,
 }
 
@@ -55,11 +28,11 @@ impl Block {
         let eps = cfg.layer_norm_epsilon;
         Ok(Self {
             ln_1: candle_nn::layer_norm(d, eps, vb.pp("ln_1"))?,
-            c_attn: Conv1D::new(d, 3 * d, vb.pp("attn").pp("c_attn"))?,
-            c_proj: Conv1D::new(d, d, vb.pp("attn").pp("c_proj"))?,
+            c_attn: QLinear::conv1d(d, 3 * d, vb.pp("attn").pp("c_attn"))?,
+            c_proj: QLinear::conv1d(d, d, vb.pp("attn").pp("c_proj"))?,
             ln_2: candle_nn::layer_norm(d, eps, vb.pp("ln_2"))?,
-            c_fc: Conv1D::new(d, cfg.inner_dim(), vb.pp("mlp").pp("c_fc"))?,
-            mlp_proj: Conv1D::new(cfg.inner_dim(), d, vb.pp("mlp").pp("c_proj"))?,
+            c_fc: QLinear::conv1d(d, cfg.inner_dim(), vb.pp("mlp").pp("c_fc"))?,
+            mlp_proj: QLinear::conv1d(cfg.inner_dim(), d, vb.pp("mlp").pp("c_proj"))?,
             n_head: cfg.n_head,
         })
     }
@@ -158,29 +131,61 @@ impl KvCache {
 
 /// GPT-2 with its LM head. `vb` is at the `GPT2LMHeadModel` level (`transformer.*`, `lm_head.*`).
 pub struct Gpt2 {
-    wte: Embedding,
+    wte: TokenEmbedding,
     wpe: Embedding,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
-    lm_head: Tensor, // (V, D)
+    lm_head: Head,
     cfg: Gpt2Config,
+    device: Device,
+}
+
+/// `wte`: dense, or quantized (rows dequantized on lookup) in a quantized bundle.
+enum TokenEmbedding {
+    Dense(Embedding),
+    Quant(Arc<QTensor>),
+}
+
+/// The LM head (V, D): dense (the exact path), or quantized.
+enum Head {
+    Dense(Tensor),
+    Quant(QLinear),
 }
 
 impl Gpt2 {
     pub fn new(cfg: &Gpt2Config, vb: VarBuilder) -> Result<Self> {
         let t = vb.pp("transformer");
         let d = cfg.n_embd;
-        let wte = candle_nn::embedding(cfg.vocab_size, d, t.pp("wte"))?;
+        let wte_key = format!("{}.weight", t.pp("wte").prefix());
+        let wte = match ops::qlinear::quantized(&wte_key) {
+            Some(q) => {
+                if q.shape().dims() != [cfg.vocab_size, d] {
+                    candle_core::bail!(
+                        "quantized weight `{wte_key}` has shape {:?}, expected [{}, {d}]",
+                        q.shape().dims(),
+                        cfg.vocab_size
+                    )
+                }
+                TokenEmbedding::Quant(q)
+            }
+            None => TokenEmbedding::Dense(candle_nn::embedding(cfg.vocab_size, d, t.pp("wte"))?),
+        };
         let wpe = candle_nn::embedding(cfg.n_positions, d, t.pp("wpe"))?;
         let blocks = (0..cfg.n_layer)
             .map(|i| Block::new(cfg, t.pp("h").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         let ln_f = candle_nn::layer_norm(d, cfg.layer_norm_epsilon, t.pp("ln_f"))?;
-        // A save_pretrained safetensors file omits the tied head: fall back to wte.
+        let head_key = format!("{}.weight", vb.pp("lm_head").prefix());
+        // A save_pretrained safetensors file (and a bundle) omits the tied head: use wte.
         let lm_head = if vb.contains_tensor("lm_head.weight") {
-            vb.pp("lm_head").get((cfg.vocab_size, d), "weight")?
+            Head::Dense(vb.pp("lm_head").get((cfg.vocab_size, d), "weight")?)
+        } else if let Some(q) = ops::qlinear::quantized(&head_key) {
+            Head::Quant(QLinear::from_quantized(q, None)?)
         } else {
-            wte.embeddings().clone()
+            match &wte {
+                TokenEmbedding::Dense(e) => Head::Dense(e.embeddings().clone()),
+                TokenEmbedding::Quant(q) => Head::Quant(QLinear::from_quantized(q.clone(), None)?),
+            }
         };
         Ok(Self {
             wte,
@@ -189,6 +194,7 @@ impl Gpt2 {
             ln_f,
             lm_head,
             cfg: cfg.clone(),
+            device: vb.device().clone(),
         })
     }
 
@@ -197,7 +203,7 @@ impl Gpt2 {
     }
 
     pub fn device(&self) -> &Device {
-        self.lm_head.device()
+        &self.device
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -206,7 +212,10 @@ impl Gpt2 {
 
     /// Token embeddings `wte[ids]` (no positions): ids (B,T) -> (B,T,D).
     pub fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
-        self.wte.forward(ids)
+        match &self.wte {
+            TokenEmbedding::Dense(e) => e.forward(ids),
+            TokenEmbedding::Quant(q) => q.embedding(ids),
+        }
     }
 
     /// Runs `embeds` (B,T,D) after what `cache` holds; positions continue from the cache length.
@@ -295,7 +304,11 @@ impl Gpt2 {
         let dims = hidden.dims().to_vec();
         let d = dims[dims.len() - 1];
         let n = hidden.elem_count() / d;
-        let y = hidden.reshape((n, d))?.matmul(&self.lm_head.t()?)?;
+        let h = hidden.reshape((n, d))?;
+        let y = match &self.lm_head {
+            Head::Dense(w) => h.matmul(&w.t()?)?,
+            Head::Quant(l) => l.forward(&h)?,
+        };
         let mut out = dims;
         let last = out.len() - 1;
         out[last] = self.cfg.vocab_size;

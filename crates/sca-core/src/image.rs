@@ -112,7 +112,7 @@ impl PreprocessorConfig {
         Self::parse(s, Path::new("preprocessor_config.json"))
     }
 
-    fn parse(text: &str, path: &Path) -> Result<Self> {
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
         let err = |msg: String| Error::Config {
             path: PathBuf::from(path),
             msg,

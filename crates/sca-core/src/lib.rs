@@ -5,6 +5,7 @@
 //! [`Sca::predict`] masks and a caption for each prompt.
 
 pub mod anything;
+pub mod bundle;
 pub mod config;
 pub mod dropout;
 pub mod error;

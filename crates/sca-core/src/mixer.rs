@@ -2,10 +2,11 @@
 //! two-way transformer (`mask_decoder.additional_transformer`), `language_project` to the LM
 //! width, and the task-token prefix (`task_tokens`).
 
-use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
 
 use crate::config::ScaConfig;
+use crate::ops::QLinear;
 use crate::sam::two_way_transformer::TwoWayTransformer;
 use crate::trace::Trace;
 
@@ -20,7 +21,7 @@ pub enum Task {
 pub struct Mixer {
     caption_tokens: Tensor, // (Q, C)
     transformer: TwoWayTransformer,
-    language_project: Linear,
+    language_project: QLinear,
     task_tokens: Tensor, // (2*Tt, D)
     num_task_tokens: usize,
 }
@@ -40,7 +41,7 @@ impl Mixer {
                 m.additional_num_hidden_layers,
                 md.pp("additional_transformer"),
             )?,
-            language_project: candle_nn::linear(c, d, vb.pp("language_project"))?,
+            language_project: QLinear::new(c, d, vb.pp("language_project"))?,
             task_tokens: vb
                 .pp("task_tokens")
                 .get((2 * cfg.num_task_tokens, d), "weight")?,

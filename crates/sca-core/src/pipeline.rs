@@ -270,13 +270,17 @@ pub struct Sca {
 impl Sca {
     /// Loads an official checkpoint directory (`config.json` + `model.safetensors` or
     /// `pytorch_model.bin`, tokenizer files, optional `preprocessor_config.json` and
-    /// `generation_config.json`), or a trainer output in the same layout.
+    /// `generation_config.json`), a trainer output in the same layout, or a bundle written by
+    /// `export bundle` (a directory with `manifest.json`; its files' sha256 are checked first).
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::Config {
                 path: dir.to_path_buf(),
-                msg: "not a directory (expected a checkpoint directory with config.json)".into(),
+                msg: "not a directory (expected a checkpoint directory with config.json, or a bundle with manifest.json)".into(),
             });
+        }
+        if crate::bundle::is_bundle(dir) {
+            return crate::bundle::Bundle::from_dir(dir)?.into_sca(device);
         }
         let cfg_path = dir.join("config.json");
         if !cfg_path.exists() {
@@ -325,12 +329,24 @@ impl Sca {
             msg: e.to_string(),
         })?;
         weights.check_unused()?;
-        if preprocessor.pad_size != config.vision_config.image_size {
+        Self::from_parts(model, tokenizer, preprocessor, generation, weights.source())
+    }
+
+    /// Assembles a loaded model; `origin` names the checkpoint or bundle in messages.
+    pub fn from_parts(
+        model: ScaModel,
+        tokenizer: Tokenizer,
+        preprocessor: PreprocessorConfig,
+        generation: GenerationConfig,
+        origin: &Path,
+    ) -> Result<Self> {
+        let image_size = model.config.vision_config.image_size;
+        if preprocessor.pad_size != image_size {
             return Err(Error::Config {
-                path: weights.source().to_path_buf(),
+                path: origin.to_path_buf(),
                 msg: format!(
-                    "preprocessor pad size {} differs from the encoder's image_size {}",
-                    preprocessor.pad_size, config.vision_config.image_size
+                    "preprocessor pad size {} differs from the encoder's image_size {image_size}",
+                    preprocessor.pad_size
                 ),
             });
         }

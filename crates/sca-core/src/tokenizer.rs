@@ -91,6 +91,13 @@ impl Tokenizer {
         Self::wrap(inner)
     }
 
+    /// The tokenizer as `tokenizer.json` text (what a bundle ships).
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| terr(format!("cannot serialize the tokenizer: {e}")))
+    }
+
     /// Builds GPT-2's tokenizer in code from `vocab.json` + `merges.txt` (byte-level BPE, no
     /// prefix space, `<|endoftext|>` special), equivalent to transformers' `GPT2TokenizerFast`.
     pub fn from_vocab_merges(vocab: &Path, merges: &Path) -> Result<Self> {

@@ -8,6 +8,9 @@
 pub mod autograd;
 pub mod gemm;
 pub mod kernels;
+pub mod qlinear;
+
+pub use qlinear::{QLinear, QuantStore};
 
 use std::ops::Deref;
 
@@ -126,17 +129,22 @@ pub fn rows_per_task(rows: usize, cols: usize) -> usize {
 
 /// `x @ w^T + b` of a candle [`Linear`] on the last axis of `x`.
 pub fn linear(x: &Tensor, l: &Linear) -> Result<Tensor> {
-    let mut ts = vec![x, l.weight()];
-    ts.extend(l.bias());
+    linear_parts(x, l.weight(), l.bias())
+}
+
+/// `x @ w^T + b` with `w` (N, K) on the last axis of `x`.
+pub fn linear_parts(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let mut ts = vec![x, w];
+    ts.extend(b);
     if !fast_path(&ts) {
-        return l.forward(x);
+        return Linear::new(w.clone(), b.cloned()).forward(x);
     }
     let x = x.contiguous()?;
-    let (n, k) = l.weight().dims2()?;
+    let (n, k) = w.dims2()?;
     let m = x.elem_count() / k;
-    let w = l.weight().contiguous()?;
+    let w = w.contiguous()?;
     let mut out = vec![0f32; m * n];
-    linear_into(&F32Slice::new(&x)?, m, &w, l.bias(), &mut out)?;
+    linear_into(&F32Slice::new(&x)?, m, &w, b, &mut out)?;
     let mut dims = x.dims().to_vec();
     *dims.last_mut().expect("rank >= 1") = n;
     tensor(out, dims)

@@ -5,11 +5,12 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder};
 use rayon::prelude::*;
 
-use super::{layer_norm, linear};
+use super::layer_norm;
 use crate::config::VisionConfig;
 use crate::ops::gemm::{self, Mat};
 use crate::ops::{self, kernels, F32Slice, LnSlices};
 use crate::trace::Trace;
+use candle_nn::linear;
 
 /// Query rows of the grid processed at once in global attention: bounds the score matrix to
 /// `rows*W x H*W` per head (64 MiB for a full 4096x4096 one; 8 MiB with 8 rows of 64).

@@ -10,11 +10,13 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::ops::gemm::Mat;
+use crate::ops::QLinear;
 
 pub use candle_nn::{LayerNorm, Linear};
 
-pub(crate) fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
-    candle_nn::linear(in_dim, out_dim, vb)
+/// A decoder-side `nn.Linear`: dense, or quantized when loading a quantized bundle.
+pub(crate) fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<QLinear> {
+    QLinear::new(in_dim, out_dim, vb)
 }
 
 pub(crate) fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
@@ -89,9 +91,9 @@ impl ConvTranspose2x2 {
 
 /// SAM's `SamFeedForward`: proj_in, ReLU, (hidden layers, ReLU)*, proj_out.
 pub(crate) struct FeedForward {
-    proj_in: Linear,
-    layers: Vec<Linear>,
-    proj_out: Linear,
+    proj_in: QLinear,
+    layers: Vec<QLinear>,
+    proj_out: QLinear,
 }
 
 impl FeedForward {

@@ -3,20 +3,20 @@
 //! (`mask_decoder.additional_transformer`, 12 layers).
 
 use candle_core::{Result, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 
 use super::{layer_norm, linear};
 use crate::config::MaskCaptionDecoderConfig;
 use crate::ops::gemm::Mat;
-use crate::ops::{self, F32Slice, LnSlices};
+use crate::ops::{self, F32Slice, LnSlices, QLinear};
 use crate::trace::Trace;
 
 /// `SamAttention`: projections to `dim / downsample_rate`, heads, scaled softmax attention.
 pub struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
+    q_proj: QLinear,
+    k_proj: QLinear,
+    v_proj: QLinear,
+    out_proj: QLinear,
     num_heads: usize,
 }
 
@@ -34,11 +34,11 @@ impl Attention {
 
     /// q (M,Tq,C), k (M,Tk,C), v (M,Tk,C) -> (M,Tq,C)
     pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let q = ops::linear(q, &self.q_proj)?;
-        let k = ops::linear(k, &self.k_proj)?;
-        let v = ops::linear(v, &self.v_proj)?;
+        let q = self.q_proj.forward(q)?;
+        let k = self.k_proj.forward(k)?;
+        let v = self.v_proj.forward(v)?;
         let out = ops::attention(&q, &k, &v, self.num_heads, self.scale(q.dim(2)?))?;
-        ops::linear(&out, &self.out_proj)
+        self.out_proj.forward(&out)
     }
 
     fn scale(&self, inner: usize) -> f64 {
@@ -48,7 +48,7 @@ impl Attention {
     /// Fast path, tokens attending to the image: q (M,T,C) tokens; k and v the projected image
     /// tokens (M*HW, C') -> (M,T,C).
     fn tokens_to_image(&self, q: &Tensor, k: Mat, v: Mat, m: usize) -> Result<Tensor> {
-        let q = ops::linear(q, &self.q_proj)?;
+        let q = self.q_proj.forward(q)?;
         let (_, t, ci) = q.dims3()?;
         let mut out = vec![0f32; m * t * ci];
         let qs = F32Slice::new(&q)?;
@@ -62,7 +62,7 @@ impl Attention {
             scale,
             &mut out,
         );
-        ops::linear(&ops::tensor(out, (m, t, ci))?, &self.out_proj)
+        self.out_proj.forward(&ops::tensor(out, (m, t, ci))?)
     }
 
     /// Fast path, the image attending to tokens: q the projected image tokens (M*HW, C'); k and
@@ -75,8 +75,8 @@ impl Attention {
         m: usize,
         out: &mut [f32],
     ) -> Result<()> {
-        let k = ops::linear(k, &self.k_proj)?;
-        let v = ops::linear(v, &self.v_proj)?;
+        let k = self.k_proj.forward(k)?;
+        let v = self.v_proj.forward(v)?;
         let (_, t, ci) = k.dims3()?;
         let (ks, vs) = (F32Slice::new(&k)?, F32Slice::new(&v)?);
         let (k, v) = (Mat::dense(&ks, m * t, ci), Mat::dense(&vs, m * t, ci));
@@ -97,30 +97,20 @@ struct ImageBuffers {
     y: Vec<f32>,
 }
 
-/// The fast path's two projections of the same `keys + key_pe`, as one product.
-fn concat_linear(a: &Linear, b: &Linear) -> Result<Linear> {
-    let w = Tensor::cat(&[a.weight(), b.weight()], 0)?;
-    let bias = match (a.bias(), b.bias()) {
-        (Some(x), Some(y)) => Some(Tensor::cat(&[x, y], 0)?),
-        _ => None,
-    };
-    Ok(Linear::new(w, bias))
-}
-
 /// One `SamTwoWayAttentionBlock`.
 pub struct TwoWayBlock {
     self_attn: Attention,
     layer_norm1: LayerNorm,
     cross_attn_token_to_image: Attention,
     layer_norm2: LayerNorm,
-    lin1: Linear,
-    lin2: Linear,
+    lin1: QLinear,
+    lin2: QLinear,
     layer_norm3: LayerNorm,
     layer_norm4: LayerNorm,
     cross_attn_image_to_token: Attention,
     skip_first_layer_pe: bool,
     /// `cross_attn_token_to_image.k_proj` and `cross_attn_image_to_token.q_proj` stacked.
-    kq_proj: Linear,
+    kq_proj: QLinear,
 }
 
 impl TwoWayBlock {
@@ -139,7 +129,7 @@ impl TwoWayBlock {
             Attention::new(c, nh, r, vb.pp("cross_attn_token_to_image"))?;
         let cross_attn_image_to_token =
             Attention::new(c, nh, r, vb.pp("cross_attn_image_to_token"))?;
-        let kq_proj = concat_linear(
+        let kq_proj = QLinear::concat(
             &cross_attn_token_to_image.k_proj,
             &cross_attn_image_to_token.q_proj,
         )?;
@@ -173,7 +163,7 @@ impl TwoWayBlock {
 
     /// The token MLP with its residual and LayerNorm.
     fn mlp(&self, queries: &Tensor) -> Result<Tensor> {
-        let mlp = ops::linear(&ops::linear(queries, &self.lin1)?.relu()?, &self.lin2)?;
+        let mlp = self.lin2.forward(&self.lin1.forward(queries)?.relu()?)?;
         ops::add_layer_norm(queries, &mlp, &self.layer_norm3)
     }
 
@@ -190,21 +180,14 @@ impl TwoWayBlock {
     ) -> Result<Tensor> {
         let c = queries.dim(2)?;
         let rows = keys.len() / c;
-        let ci = self.kq_proj.weight().dim(0)? / 2;
+        let ci = self.kq_proj.out_dim() / 2;
         let queries = self.self_attention(queries, query_pe)?;
 
         let q = (&queries + query_pe)?;
         ops::add_repeated_rows(keys, key_pe, c, &mut bufs.kpe);
-        let (kq_w, kq_b) = (self.kq_proj.weight(), self.kq_proj.bias());
-        ops::linear_into(&bufs.kpe, rows, kq_w, kq_b, &mut bufs.kq)?;
+        self.kq_proj.forward_into(&bufs.kpe, rows, &mut bufs.kq)?;
         let t2i = &self.cross_attn_token_to_image;
-        ops::linear_into(
-            keys,
-            rows,
-            t2i.v_proj.weight(),
-            t2i.v_proj.bias(),
-            &mut bufs.v,
-        )?;
+        t2i.v_proj.forward_into(keys, rows, &mut bufs.v)?;
         let kq = Mat::dense(&bufs.kq[..rows * 2 * ci], rows, 2 * ci);
         let v = Mat::dense(&bufs.v[..rows * ci], rows, ci);
         let attn = t2i.tokens_to_image(&q, kq.cols(0, ci), v, m)?;
@@ -214,8 +197,7 @@ impl TwoWayBlock {
         let q = (&queries + query_pe)?;
         let i2t = &self.cross_attn_image_to_token;
         i2t.image_to_tokens(kq.cols(ci, ci), &q, &queries, m, &mut bufs.v)?;
-        let o = &i2t.out_proj;
-        ops::linear_into(&bufs.v, rows, o.weight(), o.bias(), &mut bufs.y)?;
+        i2t.out_proj.forward_into(&bufs.v, rows, &mut bufs.y)?;
         LnSlices::new(&self.layer_norm4)?.add_inplace(keys, &bufs.y);
         Ok(queries)
     }
@@ -282,7 +264,7 @@ impl TwoWayTransformer {
         trace: &mut Trace,
     ) -> Result<(Tensor, Tensor)> {
         let mut ts = vec![point_embeddings, image, image_pe];
-        ts.extend(self.layers.iter().map(|l| l.kq_proj.weight()));
+        ts.extend(self.layers.iter().filter_map(|l| l.kq_proj.dense_weight()));
         if ops::fast_path(&ts) {
             return self.forward_fast(point_embeddings, image, image_pe, name, trace);
         }
@@ -332,7 +314,7 @@ impl TwoWayTransformer {
             (_, all) if mi == m => all.to_vec(),
             _ => candle_core::bail!("{mi} images for {m} prompts"),
         };
-        let ci = self.final_attn_token_to_image.k_proj.weight().dim(0)?;
+        let ci = self.final_attn_token_to_image.k_proj.out_dim();
         let mut bufs = ImageBuffers {
             kpe: vec![0f32; rows * c],
             kq: vec![0f32; rows * 2 * ci],
@@ -352,10 +334,8 @@ impl TwoWayTransformer {
         let q = (&queries + point_embeddings)?;
         let attn = &self.final_attn_token_to_image;
         ops::add_repeated_rows(&keys, &pe, c, &mut bufs.kpe);
-        let (kw, kb) = (attn.k_proj.weight(), attn.k_proj.bias());
-        ops::linear_into(&bufs.kpe, rows, kw, kb, &mut bufs.kq)?;
-        let (vw, vb) = (attn.v_proj.weight(), attn.v_proj.bias());
-        ops::linear_into(&keys, rows, vw, vb, &mut bufs.v)?;
+        attn.k_proj.forward_into(&bufs.kpe, rows, &mut bufs.kq)?;
+        attn.v_proj.forward_into(&keys, rows, &mut bufs.v)?;
         let k = Mat::dense(&bufs.kq[..rows * ci], rows, ci);
         let v = Mat::dense(&bufs.v[..rows * ci], rows, ci);
         let attn = attn.tokens_to_image(&q, k, v, m)?;
