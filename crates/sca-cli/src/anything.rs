@@ -30,6 +30,10 @@ pub struct AnythingArgs {
     /// Keep masks whose stability score is at least this.
     #[arg(long, default_value_t = 0.95)]
     stability_thresh: f32,
+    /// Fill holes and remove islands smaller than this many pixels in the kept masks, then
+    /// re-run NMS (SAM's `min_mask_region_area`; 0 = off).
+    #[arg(long, default_value_t = 0)]
+    min_mask_region_area: u64,
     /// Beam width for the captions (1 = greedy).
     #[arg(long, default_value_t = 3)]
     beams: usize,
@@ -72,6 +76,7 @@ pub fn run(a: &AnythingArgs) -> Result<()> {
         points_per_batch: a.points_per_batch,
         pred_iou_thresh: a.pred_iou_thresh,
         stability_score_thresh: a.stability_thresh,
+        min_mask_region_area: a.min_mask_region_area,
         decode: Decode::from_beams(a.beams, sca.generation.default_max_new_tokens()),
         ..Default::default()
     };

@@ -19,8 +19,9 @@
 //! encoder runs once (the official `generate` re-runs it for every batch), and captions are
 //! generated only for regions that survive the filters and NMS (the official code captions every
 //! candidate). A caption depends only on its point prompt, so the kept regions get the same
-//! caption either way. `min_mask_region_area` and multi-crop are not implemented (the official
-//! defaults are 0 and no crops).
+//! caption either way. `min_mask_region_area > 0` runs SAM's small-region post-processing on the
+//! kept masks (before captioning); multi-crop is not implemented (the official default is no
+//! crops).
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,10 @@ pub struct AnythingConfig {
     pub stability_score_offset: f32,
     /// Box IoU above which NMS drops the lower-ranked region.
     pub box_nms_thresh: f32,
+    /// With `> 0`: SAM's `postprocess_small_regions` on the kept masks — holes and islands
+    /// smaller than this many pixels are filled/removed, then a second NMS (same threshold)
+    /// prefers the masks that needed no change (official default 0: off).
+    pub min_mask_region_area: u64,
     /// Caption decoding (official: beam search, 3 beams).
     pub decode: Decode,
 }
@@ -65,6 +70,7 @@ impl Default for AnythingConfig {
             stability_score_thresh: 0.95,
             stability_score_offset: 1.0,
             box_nms_thresh: 0.7,
+            min_mask_region_area: 0,
             decode: Decode::from_beams(3, Decode::EVAL_DEFAULT.max_new_tokens()),
         }
     }
@@ -160,6 +166,43 @@ pub struct AnythingOutput {
     pub cancelled: bool,
     /// Candidates before NMS.
     pub candidates: usize,
+}
+
+/// SAM's `postprocess_small_regions` on the candidates `keep` (in rank order): holes then
+/// islands under `min_mask_region_area` pixels are edited; NMS on the new boxes with score 1
+/// for unchanged and 0 for changed masks (a stable sort keeps the rank order among equals);
+/// the survivors get their new mask and box. Returns the surviving candidate indices.
+fn remove_small_regions_and_renms(
+    cands: &mut [Candidate],
+    keep: &[usize],
+    h: usize,
+    w: usize,
+    cfg: &AnythingConfig,
+) -> Result<Vec<usize>> {
+    let mut edited = Vec::with_capacity(keep.len());
+    let mut boxes = Vec::with_capacity(keep.len());
+    let mut scores = Vec::with_capacity(keep.len());
+    for &i in keep {
+        let mut mask = cands[i].rle.decode()?;
+        let area = cfg.min_mask_region_area;
+        let a = masks::remove_small_regions(&mut mask, h, w, area, masks::SmallRegions::Holes);
+        let b = masks::remove_small_regions(&mut mask, h, w, area, masks::SmallRegions::Islands);
+        boxes.push(masks::mask_to_box(&mask, h, w));
+        scores.push(if a || b { 0.0 } else { 1.0 });
+        edited.push((a || b).then_some(mask));
+    }
+    let survivors = box_nms(&boxes, &scores, cfg.box_nms_thresh);
+    Ok(survivors
+        .into_iter()
+        .map(|j| {
+            let i = keep[j];
+            if let Some(mask) = &edited[j] {
+                cands[i].rle = CocoRle::encode(mask, h, w);
+                cands[i].box_ = boxes[j];
+            }
+            i
+        })
+        .collect())
 }
 
 /// SAM's `build_point_grid(n)`: `n*n` points in `[0, 1]^2`, x fastest, computed as numpy's
@@ -356,7 +399,10 @@ pub fn anything(
     let n_cands = cands.len();
     let boxes: Vec<[f32; 4]> = cands.iter().map(|c| c.box_).collect();
     let scores: Vec<f32> = cands.iter().map(|c| c.iou).collect();
-    let keep = box_nms(&boxes, &scores, cfg.box_nms_thresh);
+    let mut keep = box_nms(&boxes, &scores, cfg.box_nms_thresh);
+    if cfg.min_mask_region_area > 0 {
+        keep = remove_small_regions_and_renms(&mut cands, &keep, h, w, cfg)?;
+    }
     let mut regions: Vec<AnythingRegion> = Vec::with_capacity(keep.len());
     let mut region_point: Vec<usize> = Vec::with_capacity(keep.len());
     for &i in &keep {
@@ -437,4 +483,104 @@ pub fn anything(
         cancelled: false,
         candidates: n_cands,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(mask: &[u8], h: usize, w: usize, iou: f32) -> Candidate {
+        Candidate {
+            point: 0,
+            iou,
+            stability: 1.0,
+            rle: CocoRle::encode(mask, h, w),
+            box_: masks::mask_to_box(mask, h, w),
+        }
+    }
+
+    /// SAM's `postprocess_small_regions` rules on a hand-made case: a mask with a speck far
+    /// away (an island) is cleaned, loses its stretched box and then overlaps an unchanged
+    /// mask, which NMS prefers (score 1 vs 0) even though it ranked lower.
+    #[test]
+    fn small_regions_are_cleaned_and_unchanged_masks_win_nms() {
+        let (h, w) = (8, 10);
+        let mut a = vec![0u8; h * w];
+        let mut b = vec![0u8; h * w];
+        for y in 1..5 {
+            for x in 1..5 {
+                a[y * w + x] = 1;
+                b[y * w + x] = 1;
+            }
+        }
+        a[7 * w + 9] = 1; // one-pixel island in the corner; b has none
+        let mut cands = vec![cand(&a, h, w, 0.99), cand(&b, h, w, 0.90)];
+        let cfg = AnythingConfig {
+            min_mask_region_area: 2,
+            box_nms_thresh: 0.7,
+            ..Default::default()
+        };
+        // before: the island stretches a's box, so the first NMS keeps both
+        let keep = box_nms(&[cands[0].box_, cands[1].box_], &[0.99, 0.90], 0.7);
+        assert_eq!(keep, vec![0, 1]);
+        let kept = remove_small_regions_and_renms(&mut cands, &keep, h, w, &cfg).unwrap();
+        assert_eq!(kept, vec![1], "the unchanged mask wins the second NMS");
+
+        // a lone changed mask survives with its new mask and box
+        let mut one = vec![cand(&a, h, w, 0.99)];
+        let kept = remove_small_regions_and_renms(&mut one, &[0], h, w, &cfg).unwrap();
+        assert_eq!(kept, vec![0]);
+        assert_eq!(one[0].box_, [1.0, 1.0, 4.0, 4.0]);
+        assert_eq!(one[0].rle.area(), 16);
+    }
+
+    #[test]
+    fn holes_are_filled_and_all_small_islands_keep_the_largest() {
+        let (h, w) = (5, 5);
+        #[rustfmt::skip]
+        let mut ring = vec![
+            1, 1, 1, 0, 0,
+            1, 0, 1, 0, 0,
+            1, 1, 1, 0, 0,
+            0, 0, 0, 0, 0,
+            0, 0, 0, 0, 0,
+        ];
+        assert!(masks::remove_small_regions(
+            &mut ring,
+            h,
+            w,
+            2,
+            masks::SmallRegions::Holes
+        ));
+        assert_eq!(ring.iter().filter(|&&v| v == 1).count(), 9);
+        // the outside background (16 px) is not a hole
+        assert!(!masks::remove_small_regions(
+            &mut ring,
+            h,
+            w,
+            2,
+            masks::SmallRegions::Holes
+        ));
+        #[rustfmt::skip]
+        let mut specks = vec![
+            1, 0, 0, 0, 1,
+            0, 0, 0, 0, 1,
+            0, 0, 0, 0, 0,
+            0, 1, 0, 0, 0,
+            0, 0, 0, 0, 0,
+        ];
+        // every island is under 5 px: the largest (2 px, the right edge) stays
+        assert!(masks::remove_small_regions(
+            &mut specks,
+            h,
+            w,
+            5,
+            masks::SmallRegions::Islands
+        ));
+        let on: Vec<usize> = (0..h * w).filter(|&i| specks[i] == 1).collect();
+        assert_eq!(on, vec![4, 9]);
+        // diagonal neighbours are connected (8-connectivity)
+        let (labels, sizes) = masks::connected_components(&[1, 0, 0, 1], 2, 2);
+        assert_eq!((labels, sizes), (vec![1, 0, 0, 1], vec![0, 2]));
+    }
 }

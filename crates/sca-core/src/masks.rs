@@ -439,6 +439,111 @@ pub fn mask_iou(a: &[u8], b: &[u8]) -> f32 {
     }
 }
 
+/// Which small regions [`remove_small_regions`] edits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmallRegions {
+    /// Background components smaller than the threshold become foreground.
+    Holes,
+    /// Foreground components smaller than the threshold become background (the largest one
+    /// stays when all are small).
+    Islands,
+}
+
+/// 8-connected components of the non-zero pixels of a row-major `(h, w)` mask: a label per
+/// pixel (0 = not in `mask`, components numbered 1.. in raster order of their first pixel, as
+/// OpenCV's `connectedComponentsWithStats`) and each component's size (index 0 unused).
+pub fn connected_components(mask: &[u8], h: usize, w: usize) -> (Vec<u32>, Vec<u64>) {
+    let mut labels = vec![0u32; h * w];
+    let mut sizes = vec![0u64];
+    let mut stack = Vec::new();
+    for start in 0..h * w {
+        if mask[start] == 0 || labels[start] != 0 {
+            continue;
+        }
+        let label = sizes.len() as u32;
+        let mut size = 0u64;
+        labels[start] = label;
+        stack.push(start);
+        while let Some(p) = stack.pop() {
+            size += 1;
+            let (y, x) = (p / w, p % w);
+            for dy in -1i64..=1 {
+                for dx in -1i64..=1 {
+                    let (ny, nx) = (y as i64 + dy, x as i64 + dx);
+                    if ny < 0 || nx < 0 || ny >= h as i64 || nx >= w as i64 {
+                        continue;
+                    }
+                    let q = ny as usize * w + nx as usize;
+                    if mask[q] != 0 && labels[q] == 0 {
+                        labels[q] = label;
+                        stack.push(q);
+                    }
+                }
+            }
+        }
+        sizes.push(size);
+    }
+    (labels, sizes)
+}
+
+/// SAM's `remove_small_regions`: fills holes or removes islands with fewer than `area_thresh`
+/// pixels (8-connectivity) in a row-major `(h, w)` 0/1 mask. Returns whether it changed
+/// anything.
+///
+/// ```
+/// use sca_core::masks::{remove_small_regions, SmallRegions};
+/// // a 3x3 square with a one-pixel hole, and a one-pixel island
+/// let mut m = vec![
+///     1, 1, 1, 0, 0,
+///     1, 0, 1, 0, 0,
+///     1, 1, 1, 0, 1,
+/// ];
+/// assert!(remove_small_regions(&mut m, 3, 5, 2, SmallRegions::Holes));
+/// assert_eq!(m[6], 1);
+/// assert!(remove_small_regions(&mut m, 3, 5, 2, SmallRegions::Islands));
+/// assert_eq!(m[14], 0);
+/// ```
+pub fn remove_small_regions(
+    mask: &mut [u8],
+    h: usize,
+    w: usize,
+    area_thresh: u64,
+    mode: SmallRegions,
+) -> bool {
+    let holes = mode == SmallRegions::Holes;
+    let working: Vec<u8> = mask.iter().map(|&v| u8::from((v != 0) != holes)).collect();
+    let (labels, sizes) = connected_components(&working, h, w);
+    let small: Vec<bool> = sizes.iter().map(|&s| s < area_thresh).collect();
+    if !small.iter().skip(1).any(|&s| s) {
+        return false;
+    }
+    if holes {
+        // foreground stays; small background components join it
+        for (m, &l) in mask.iter_mut().zip(&labels) {
+            if l != 0 && small[l as usize] {
+                *m = 1;
+            }
+        }
+    } else {
+        let mut keep: Vec<bool> = small.iter().map(|&s| !s).collect();
+        keep[0] = false;
+        if !keep.iter().any(|&k| k) {
+            // every island is small: keep the largest (the first on ties, as np.argmax)
+            let mut best = 1;
+            for l in 2..sizes.len() {
+                if sizes[l] > sizes[best] {
+                    best = l;
+                }
+            }
+            keep[best] = true;
+        }
+        for (m, &l) in mask.iter_mut().zip(&labels) {
+            *m = u8::from(l != 0 && keep[l as usize]);
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
