@@ -15,3 +15,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace
+echo "== mobile: bindings + static libraries for Android and iOS"
+bash scripts/mobile.sh

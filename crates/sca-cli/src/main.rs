@@ -5,6 +5,7 @@ mod bench;
 mod caption;
 mod eval;
 mod score;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +32,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Segment and caption everything in an image (automatic masks + one caption each).
     Anything(anything::AnythingArgs),
+    /// Serve the model over HTTP: /v1/embed, /v1/predict, the page, the bundle files.
+    Serve(serve::ServeArgs),
 }
 
 fn main() {
@@ -48,6 +51,7 @@ fn main() {
         Command::Bench(a) => bench::run(&a),
         Command::Eval(a) => eval::run(&a),
         Command::Anything(a) => anything::run(&a),
+        Command::Serve(a) => serve::run(&a),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");
