@@ -341,12 +341,15 @@ pub fn anything(
                 sca.scale_prompt(emb, &p)
             })
             .collect::<Result<Vec<_>>>()?;
-        let out = sca
+        let dec = sca
             .model
-            .decode_prompts(&emb.embedding, &scaled, true, &mut Trace::default())?;
-        let (m, k, lh, lw) = out.decoder.masks.dims4()?;
-        let flat = out.decoder.masks.flatten_all()?.to_vec1::<f32>()?;
-        let iou = out.decoder.iou.to_vec2::<f32>()?;
+            .decode_masks(&emb.embedding, &scaled, true, &mut Trace::default())?;
+        let (m, k, lh, lw) = dec.masks.dims4()?;
+        let flat = dec.masks.flatten_all()?.to_vec1::<f32>()?;
+        let iou = dec.iou.to_vec2::<f32>()?;
+        // Rows (points) with a candidate: only they need the mixer (its 12 layers cost several
+        // times the mask decoder).
+        let mut with_candidate: Vec<u32> = Vec::new();
         for j in 0..m {
             let mut any = false;
             for kk in 0..k {
@@ -384,7 +387,18 @@ pub fn anything(
                 any = true;
             }
             if any {
-                prefixes[first + j] = Some(out.prefix.get(j)?);
+                with_candidate.push(j as u32);
+            }
+        }
+        if !with_candidate.is_empty() {
+            let idx = Tensor::new(with_candidate.as_slice(), dec.masks.device())?;
+            let prefix = sca.model.caption_prefix(
+                &dec.queries_out.index_select(&idx, 0)?,
+                &dec.keys_out.index_select(&idx, 0)?,
+                &mut Trace::default(),
+            )?;
+            for (r, &j) in with_candidate.iter().enumerate() {
+                prefixes[first + j as usize] = Some(prefix.get(r)?);
             }
         }
         let go = on_event(AnythingEvent::Progress {

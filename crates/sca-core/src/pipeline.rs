@@ -96,6 +96,33 @@ impl ScaModel {
         multimask: bool,
         trace: &mut Trace,
     ) -> candle_core::Result<PromptBatchOutput> {
+        let decoder = self.decode_masks(embedding, prompts, multimask, trace)?;
+        let prefix = self.caption_prefix(&decoder.queries_out, &decoder.keys_out, trace)?;
+        Ok(PromptBatchOutput { decoder, prefix })
+    }
+
+    /// The mixer and projection on mask-decoder outputs (any subset of a batch's rows): the
+    /// LM prefix (M, Tt+Q, D). Each row depends only on its own prompt.
+    pub fn caption_prefix(
+        &self,
+        queries_out: &Tensor,
+        keys_out: &Tensor,
+        trace: &mut Trace,
+    ) -> candle_core::Result<Tensor> {
+        let queries = self
+            .mixer
+            .forward(queries_out, keys_out, &self.image_pe_tokens, trace)?;
+        self.mixer.prefix(&queries, Task::Caption, trace)
+    }
+
+    /// Prompt encoder and mask decoder only (masks, IoU, and the mixer's inputs).
+    pub fn decode_masks(
+        &self,
+        embedding: &Tensor,
+        prompts: &[ScaledPrompt],
+        multimask: bool,
+        trace: &mut Trace,
+    ) -> candle_core::Result<DecoderOutput> {
         let sparse = prompts
             .iter()
             .map(|p| self.prompt_encoder.embed_sparse(p))
@@ -114,14 +141,7 @@ impl ScaModel {
         )?;
         trace.record("low_res_masks", &decoder.masks);
         trace.record("iou_predictions", &decoder.iou);
-        let queries = self.mixer.forward(
-            &decoder.queries_out,
-            &decoder.keys_out,
-            &self.image_pe_tokens,
-            trace,
-        )?;
-        let prefix = self.mixer.prefix(&queries, Task::Caption, trace)?;
-        Ok(PromptBatchOutput { decoder, prefix })
+        Ok(decoder)
     }
 
     /// Teacher forcing: prefix (M,P,D) followed by caption ids (M,L) (right-padded, `mask` 1 for
