@@ -253,11 +253,59 @@ pub fn ggml_name(t: GgmlDType) -> String {
     }
 }
 
-/// A bundle read into memory with every file checked against the manifest.
+/// A file's bytes: memory-mapped where the platform allows (native), else owned.
+pub enum FileBytes {
+    Owned(Vec<u8>),
+    #[cfg(not(target_arch = "wasm32"))]
+    Mapped(memmap2::Mmap),
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Owned(v) => v,
+            #[cfg(not(target_arch = "wasm32"))]
+            FileBytes::Mapped(m) => m,
+        }
+    }
+}
+
+impl std::fmt::Debug for FileBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FileBytes({} bytes)", self.len())
+    }
+}
+
+/// Maps `path` read-only (native), or reads it (wasm).
+fn read_file(path: &Path) -> Result<FileBytes> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        if len == 0 {
+            // mmap of an empty file fails on some platforms
+            return Ok(FileBytes::Owned(Vec::new()));
+        }
+        // SAFETY: the map is read-only and private to this process; a bundle file changed
+        // underneath while loading would show up as a sha256 mismatch (checked right after).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Ok(FileBytes::Mapped(map))
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        Ok(FileBytes::Owned(
+            std::fs::read(path).map_err(|e| Error::io(path, e))?,
+        ))
+    }
+}
+
+/// A bundle with every file checked against the manifest (native: memory-mapped, so loading
+/// does not hold a second copy of the weights).
 #[derive(Debug)]
 pub struct Bundle {
     pub manifest: Manifest,
-    files: HashMap<String, Vec<u8>>,
+    files: HashMap<String, FileBytes>,
     /// Where it came from (messages only).
     origin: PathBuf,
 }
@@ -275,9 +323,7 @@ impl Bundle {
         let manifest = parse_manifest(&mbytes, &mpath)?;
         let mut files = HashMap::new();
         for name in manifest.files.keys() {
-            let path = dir.join(name);
-            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-            files.insert(name.clone(), bytes);
+            files.insert(name.clone(), read_file(&dir.join(name))?);
         }
         Self::checked(manifest, files, dir)
     }
@@ -287,12 +333,16 @@ impl Bundle {
     pub fn from_bytes(manifest: &[u8], files: HashMap<String, Vec<u8>>) -> Result<Bundle> {
         let origin = Path::new("<bundle>");
         let manifest = parse_manifest(manifest, &origin.join(MANIFEST))?;
+        let files = files
+            .into_iter()
+            .map(|(k, v)| (k, FileBytes::Owned(v)))
+            .collect();
         Self::checked(manifest, files, origin)
     }
 
     fn checked(
         manifest: Manifest,
-        files: HashMap<String, Vec<u8>>,
+        files: HashMap<String, FileBytes>,
         origin: &Path,
     ) -> Result<Bundle> {
         for name in REQUIRED_FILES {
@@ -345,7 +395,7 @@ impl Bundle {
     pub fn file(&self, name: &str) -> Result<&[u8]> {
         self.files
             .get(name)
-            .map(Vec::as_slice)
+            .map(|b| &**b)
             .ok_or_else(|| berr(&self.origin.join(name), "not in this bundle"))
     }
 
