@@ -14,6 +14,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
+# The UniFFI bindings generator the sca-mobile FFI test runs (cargo test builds no binaries of
+# other packages).
+cargo build -p sca-uniffi-bindgen
 cargo test --workspace
 echo "== mobile: bindings + static libraries for Android and iOS"
 bash scripts/mobile.sh

@@ -71,16 +71,21 @@ fn example_image(model: &Path) -> image::RgbImage {
 #[test]
 fn python_through_uniffi_matches_the_core() {
     let profile = target_profile_dir();
-    let lib = profile.join(format!(
+    let name = format!(
         "{}sca_mobile{}",
         std::env::consts::DLL_PREFIX,
         std::env::consts::DLL_SUFFIX
-    ));
-    assert!(
-        lib.is_file(),
-        "{} missing (cargo build -p sca-mobile)",
-        lib.display()
     );
+    // The cdylib built alongside this test (deps/), else the last `cargo build` (uplifted).
+    let lib = [profile.join("deps").join(&name), profile.join(&name)]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} missing under {} (cargo build -p sca-mobile)",
+                profile.display()
+            )
+        });
     let bindgen = profile.join("uniffi-bindgen");
     assert!(
         bindgen.is_file(),
