@@ -134,7 +134,8 @@ pub fn decays(key: &str) -> bool {
 /// Random initialisation as HF `_init_weights` does for SCA's modules: Linear / conv /
 /// embedding weights N(0, `initializer_range`), GPT-2's residual projections
 /// N(0, range/sqrt(2·n_layer)), biases 0, LayerNorm 1/0, SAM's absolute and relative position
-/// tables 0, the Fourier buffer `(vision_hidden/2)·N(0,1)`. Each key draws from its own stream,
+/// tables 0, the Fourier buffer `scale·N(0,1)` (`scale`: transformers' `vision_hidden/2` unless
+/// `positional_embedding_scale` says otherwise). Each key draws from its own stream,
 /// so the values do not depend on construction order.
 #[derive(Debug, Clone)]
 pub struct RandomInit {
@@ -142,6 +143,8 @@ pub struct RandomInit {
     pub initializer_range: f64,
     pub gpt2_layers: usize,
     pub vision_hidden: usize,
+    /// Scale of the Fourier buffer; `None` = transformers' `vision_hidden / 2`.
+    pub positional_embedding_scale: Option<f64>,
 }
 
 impl RandomInit {
@@ -162,7 +165,8 @@ impl RandomInit {
             return Ok(constant(0.0)?);
         }
         let std = if is_buffer(key) {
-            (self.vision_hidden / 2) as f64
+            self.positional_embedding_scale
+                .unwrap_or((self.vision_hidden / 2) as f64)
         } else if key.starts_with("language_model.") && key.ends_with("c_proj.weight") {
             self.initializer_range / ((2 * self.gpt2_layers.max(1)) as f64).sqrt()
         } else {
@@ -389,6 +393,7 @@ pub fn model_keys(config: &ScaConfig) -> Result<BTreeSet<String>> {
         initializer_range: 0.02,
         gpt2_layers: config.text_config.n_layer,
         vision_hidden: config.vision_config.hidden_size,
+        positional_embedding_scale: None,
     };
     let (_, store) = ParamStore::build(
         config,
@@ -443,6 +448,7 @@ mod tests {
             initializer_range: 0.02,
             gpt2_layers: 2,
             vision_hidden: 48,
+            positional_embedding_scale: None,
         };
         let shape = Shape::from((4, 256));
         let ln = init
