@@ -30,22 +30,6 @@ else
   echo "serve: ONNX Runtime could not be installed; the server will use the candle encoder" >&2
 fi
 
-# Until the bundled model is trained and committed (issue: the bundled default model), the
-# default falls back to a bundle of the parity fixture model — random weights, so its captions
-# are nonsense — and says so.
-if [ -z "${SCA_MODEL:-}" ] && [ ! -f "$MODEL/manifest.json" ]; then
-  FIXTURE="${SCA_PARITY_DIR:-$(cd .. && pwd)/shared/parity}/sca_b_box_multimask"
-  if [ -f "$FIXTURE/config.json" ]; then
-    MODEL=.cache/fixture-bundle
-    echo "serve: WARNING: the bundled model models/sca-shapes is not there yet; serving the" >&2
-    echo "       random-weight parity fixture model instead (masks and captions are meaningless)." >&2
-    if [ ! -f "$MODEL/manifest.json" ]; then
-      CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}" cargo run -q --release -p export -- \
-        bundle --from "$FIXTURE" --out "$MODEL" --quant f32 --encoder-dtype f32 >&2
-    fi
-  fi
-fi
-
 if [ ! -f "$MODEL/manifest.json" ] && [ ! -f "$MODEL/config.json" ]; then
   echo "serve: no model at $MODEL (a bundle with manifest.json or a checkpoint with config.json)." >&2
   echo "       Export one with: cargo run --release -p export -- bundle --from CHECKPOINT --out $MODEL" >&2

@@ -35,7 +35,7 @@ fn main() -> anyhow::Result<()> {
     let (_model, params) = setup.build(TrainableSet::parse("mixer")?, &Device::Cpu)?;
     let tensors = params.snapshot()?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    write_model_dir(&out, &tensors, &setup.files())?;
+    write_model_dir(&out, &tensors, &setup.files()?)?;
     println!("wrote {} ({} tensors)", out.display(), tensors.len());
     Ok(())
 }

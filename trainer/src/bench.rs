@@ -82,6 +82,8 @@ pub fn bench(args: &BenchArgs) -> Result<BenchResult> {
         initializer_range: 0.02,
         gpt2_layers: config.text_config.n_layer,
         vision_hidden: config.vision_config.hidden_size,
+        positional_embedding_scale: None,
+        torch_defaults: false,
     };
     let (model, store) = ParamStore::build(
         &config,
@@ -125,6 +127,7 @@ pub fn bench(args: &BenchArgs) -> Result<BenchResult> {
         prompts: vec![prompts],
         input_ids: Tensor::from_vec(ids, (r, l), &device)?,
         attention_mask: Tensor::ones((r, l), candle_core::DType::U32, &device)?,
+        multimask: Vec::new(),
         gt_masks: None,
         row_keys: (0..r as u64).collect(),
         n_tokens: r * l,
@@ -133,6 +136,7 @@ pub fn bench(args: &BenchArgs) -> Result<BenchResult> {
     let t = &config.text_config;
     let opts = LossOptions {
         label_smoothing: 0.1,
+        caption_loss_weight: 1.0,
         dropout: args
             .dropout
             .then_some((1, t.embd_pdrop, t.attn_pdrop, t.resid_pdrop)),

@@ -75,6 +75,30 @@ pub struct ModelConfig {
     /// Seed of the random initialisation (fresh mixer / `init = "config"`).
     #[serde(default = "d_seed")]
     pub init_seed: u64,
+    /// `init = "config"`: scale of the random Fourier features of the positional encoding
+    /// (`shared_image_embedding.positional_embedding`, a buffer that never trains). Default:
+    /// transformers' `SamPositionalEmbedding` (`vision_config.hidden_size / 2`); the original
+    /// SAM uses 1.0, which is what a model trained from scratch needs (a scale in the hundreds
+    /// makes the encoding of neighbouring positions unrelated).
+    #[serde(default)]
+    pub positional_embedding_scale: Option<f64>,
+    /// Start the mixer's transformer (`mask_decoder.additional_transformer.*`) as a copy of
+    /// SAM's mask-decoder transformer (`mask_decoder.transformer.*`, layer `i` from layer
+    /// `i mod depth`) instead of the source's or random weights: a mixer whose attention
+    /// already finds the prompted object, for a second stage after SAM was trained from
+    /// scratch. Needs decoder weights in the source (`init = "checkpoint"` or `"sam_gpt2"`).
+    #[serde(default)]
+    pub mixer_from_sam_decoder: bool,
+    /// Random init (`init = "config"`) of SAM's parts, the mixer and `language_project`:
+    /// `"hf"` (transformers' `_init_weights`, N(0, initializer_range)) or `"torch"`
+    /// (PyTorch's layer defaults, what SAM trains from; much faster from scratch). GPT-2 always
+    /// uses HF's.
+    #[serde(default = "d_init_scheme")]
+    pub init_scheme: String,
+}
+
+fn d_init_scheme() -> String {
+    "hf".into()
 }
 
 /// How the model is initialised.
@@ -108,6 +132,14 @@ pub struct DataConfig {
     pub lsj_min_scale: f64,
     #[serde(default = "d_lsj_max")]
     pub lsj_max_scale: f64,
+    /// Which text of a region is its training caption: `random` (official: uniform over its
+    /// references), `first` (its first reference) or `caption` (its `caption` field).
+    #[serde(default = "d_caption")]
+    pub caption: String,
+    /// Fraction of the regions prompted with one positive point at their box centre (as
+    /// `sca eval --prompt point`) instead of their box (official: 0).
+    #[serde(default)]
+    pub point_prompts: f64,
     /// Caption tokens before EOS (official: 18).
     #[serde(default = "d_caption_len")]
     pub max_caption_tokens: usize,
@@ -149,10 +181,28 @@ pub struct OptimConfig {
     /// frozen LM in train mode.
     #[serde(default = "d_true")]
     pub lm_dropout: bool,
+    /// Learning-rate multipliers of the parameter groups: GPT-2 (`language_model.*`), the
+    /// mixer (`model.trainable = "mixer"`'s set) and SAM (everything else).
+    #[serde(default = "d_one_f")]
+    pub lm_lr_scale: f64,
+    #[serde(default = "d_one_f")]
+    pub mixer_lr_scale: f64,
+    #[serde(default = "d_one_f")]
+    pub sam_lr_scale: f64,
+    /// Weight of the caption loss; 0 leaves the mixer and GPT-2 out of the step (a masks-only
+    /// first stage when SAM trains from scratch).
+    #[serde(default = "d_one_f")]
+    pub caption_loss_weight: f64,
     /// Weight of SAM's mask loss (20·focal + dice + IoU MSE) when SAM parts train on data with
     /// masks.
     #[serde(default = "d_one_f")]
     pub mask_loss_weight: f64,
+    /// Which of SAM's mask outputs the step decodes and the mask loss trains: `single` (the
+    /// single output, SAM's choice for unambiguous prompts), `multimask` (the three multimask
+    /// outputs, each against the ground truth: what `sca eval` and `sca caption --multimask`
+    /// read) or `both` (each region draws one of the two).
+    #[serde(default = "d_mask_outputs")]
+    pub mask_outputs: String,
 }
 
 /// Run control: device, seeds, checkpoints, logs.
@@ -227,6 +277,12 @@ fn d_lsj_min() -> f64 {
 fn d_lsj_max() -> f64 {
     2.0
 }
+fn d_caption() -> String {
+    "random".into()
+}
+fn d_mask_outputs() -> String {
+    "single".into()
+}
 fn d_caption_len() -> usize {
     18
 }
@@ -289,7 +345,12 @@ impl Default for OptimConfig {
             clip_grad_norm: d_one_f(),
             label_smoothing: d_smoothing(),
             lm_dropout: true,
+            lm_lr_scale: d_one_f(),
+            mixer_lr_scale: d_one_f(),
+            sam_lr_scale: d_one_f(),
+            caption_loss_weight: d_one_f(),
             mask_loss_weight: d_one_f(),
+            mask_outputs: d_mask_outputs(),
         }
     }
 }
@@ -376,6 +437,26 @@ impl TrainConfig {
             _ => {}
         }
         crate::params::TrainableSet::parse(&m.trainable)?;
+        if m.mixer_from_sam_decoder && m.init == InitKind::Config {
+            return bad(
+                "model.mixer_from_sam_decoder needs trained decoder weights (init = \"checkpoint\" \
+                 or \"sam_gpt2\")"
+                    .into(),
+            );
+        }
+        if !matches!(m.init_scheme.as_str(), "hf" | "torch") {
+            return bad(format!(
+                "model.init_scheme must be \"hf\" or \"torch\", got {:?}",
+                m.init_scheme
+            ));
+        }
+        if let Some(v) = m.positional_embedding_scale {
+            if !(v > 0.0 && v.is_finite()) {
+                return bad(format!(
+                    "model.positional_embedding_scale must be > 0, got {v}"
+                ));
+            }
+        }
         let o = &self.optim;
         if !(o.lr >= 0.0 && o.lr.is_finite()) {
             return bad(format!("optim.lr must be >= 0, got {}", o.lr));
@@ -401,7 +482,39 @@ impl TrainConfig {
                 o.label_smoothing
             ));
         }
+        crate::step::MaskOutputs::parse(&o.mask_outputs)?;
+        if [o.lm_lr_scale, o.mixer_lr_scale, o.sam_lr_scale]
+            .iter()
+            .any(|v| !(*v >= 0.0 && v.is_finite()))
+        {
+            return bad("optim.lm_lr_scale, mixer_lr_scale and sam_lr_scale must be >= 0".into());
+        }
+        let weight_ok = |w: f64| w >= 0.0 && w.is_finite();
+        if !weight_ok(o.caption_loss_weight) || !weight_ok(o.mask_loss_weight) {
+            return bad("optim.caption_loss_weight and mask_loss_weight must be >= 0".into());
+        }
+        if o.caption_loss_weight == 0.0
+            && !crate::params::TrainableSet::parse(&m.trainable)?.trains_sam()
+        {
+            return bad(
+                "optim.caption_loss_weight = 0 leaves nothing to train unless SAM parts train \
+                 (model.trainable = \"+sam_decoder\" or \"all\")"
+                    .into(),
+            );
+        }
         let d = &self.data;
+        if !matches!(d.caption.as_str(), "random" | "first" | "caption") {
+            return bad(format!(
+                "data.caption must be \"random\", \"first\" or \"caption\", got {:?}",
+                d.caption
+            ));
+        }
+        if !(0.0..=1.0).contains(&d.point_prompts) {
+            return bad(format!(
+                "data.point_prompts must be in [0, 1], got {}",
+                d.point_prompts
+            ));
+        }
         if d.regions_per_image == 0 || d.images_per_batch == 0 || d.max_caption_tokens == 0 {
             return bad(
                 "data.regions_per_image, images_per_batch and max_caption_tokens must be > 0"
@@ -521,6 +634,49 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn from_scratch_options_parse_and_validate() {
+        let base = "[model]\ninit='config'\nconfig='c.json'\ntrainable='all'\n\
+                    positional_embedding_scale=1.0\n[data]\ntrain='synthetic:seed=1,n=4'\n";
+        let c = TrainConfig::from_toml_str(
+            &format!(
+                "{base}caption='first'\npoint_prompts=0.3\n[optim]\ncaption_loss_weight=0.0\n\
+                 mask_outputs='both'\n"
+            ),
+            Path::new("/x"),
+        )
+        .unwrap();
+        assert_eq!(c.data.caption, "first");
+        assert_eq!(c.data.point_prompts, 0.3);
+        assert_eq!(c.optim.caption_loss_weight, 0.0);
+        assert_eq!(c.optim.mask_outputs, "both");
+        assert_eq!(c.model.positional_embedding_scale, Some(1.0));
+        // Defaults: the official recipe.
+        let d = TrainConfig::from_toml_str(base, Path::new("/x")).unwrap();
+        assert_eq!(d.data.caption, "random");
+        assert_eq!(d.data.point_prompts, 0.0);
+        assert_eq!(d.optim.caption_loss_weight, 1.0);
+        assert_eq!(d.optim.mask_outputs, "single");
+        for (extra, key) in [
+            ("caption='any'\n", "data.caption"),
+            ("point_prompts=1.5\n", "data.point_prompts"),
+            ("[optim]\nmask_outputs='three'\n", "optim.mask_outputs"),
+            ("[optim]\ncaption_loss_weight=-1.0\n", "caption_loss_weight"),
+        ] {
+            let e =
+                TrainConfig::from_toml_str(&format!("{base}{extra}"), Path::new(".")).unwrap_err();
+            assert!(e.to_string().contains(key), "{extra}: {e}");
+        }
+        // Masks only needs SAM parts that train.
+        let e = TrainConfig::from_toml_str(
+            "[model]\ninit='config'\nconfig='c'\n[data]\ntrain='x'\n[optim]\n\
+             caption_loss_weight=0.0\n",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("caption_loss_weight"), "{e}");
     }
 
     #[test]

@@ -121,6 +121,8 @@ impl ModelSetup {
                     initializer_range: initializer_range(&config_json),
                     gpt2_layers: config.text_config.n_layer,
                     vision_hidden: config.vision_config.hidden_size,
+                    positional_embedding_scale: m.positional_embedding_scale,
+                    torch_defaults: m.init_scheme == "torch",
                 };
                 ModelSetup {
                     generation_json: optional_json(&dir.join("generation_config.json"))?
@@ -140,6 +142,10 @@ impl ModelSetup {
                 }
             }
         };
+        let mut setup = setup;
+        if m.mixer_from_sam_decoder {
+            setup.mixer_from_sam_decoder()?;
+        }
         // Fail early on a missing tokenizer.
         sca_core::tokenizer::Tokenizer::from_dir(&setup.tokenizer_dir)?;
         Ok(setup)
@@ -225,6 +231,8 @@ impl ModelSetup {
             initializer_range: range,
             gpt2_layers: config.text_config.n_layer,
             vision_hidden: config.vision_config.hidden_size,
+            positional_embedding_scale: m.positional_embedding_scale,
+            torch_defaults: m.init_scheme == "torch",
         };
         Ok(ModelSetup {
             generation_json: optional_json(&gpt2.join("generation_config.json"))?
@@ -240,6 +248,64 @@ impl ModelSetup {
             config,
             config_json,
         })
+    }
+
+    /// Replaces the mixer's transformer weights with copies of SAM's mask-decoder transformer
+    /// (`model.mixer_from_sam_decoder`): mixer layer `i` from decoder layer `i mod depth`, and
+    /// the final token-to-image attention and its norm.
+    pub fn mixer_from_sam_decoder(&mut self) -> Result<()> {
+        let m = &self.config.mask_caption_decoder_config;
+        let (depth, mixer) = (m.num_hidden_layers, m.additional_num_hidden_layers);
+        let tensors = &mut self.source.tensors;
+        let src: Vec<(String, Tensor)> = tensors
+            .iter()
+            .filter(|(k, _)| k.starts_with("mask_decoder.transformer."))
+            .map(|(k, t)| (k.clone(), t.clone()))
+            .collect();
+        if src.is_empty() || depth == 0 {
+            return Err(Error::Config(format!(
+                "model.mixer_from_sam_decoder: {} has no mask-decoder transformer weights",
+                self.source.origin
+            )));
+        }
+        tensors.retain(|k, _| !k.starts_with("mask_decoder.additional_transformer."));
+        // The caption queries start as the mask tokens (cycled) plus their own values, so that
+        // the copied attention treats them as it treats the mask tokens: it finds the object.
+        if let (Some(mask), Some(cap)) = (
+            tensors.get("mask_decoder.mask_tokens.weight").cloned(),
+            tensors.get("mask_decoder.caption_tokens.weight").cloned(),
+        ) {
+            let (q, k) = (cap.dim(0)?, mask.dim(0)?);
+            if k > 0 && mask.dim(1)? == cap.dim(1)? {
+                let idx: Vec<u32> = (0..q).map(|i| (i % k) as u32).collect();
+                let idx = Tensor::from_vec(idx, q, mask.device())?;
+                let init = (mask.index_select(&idx, 0)? + cap)?;
+                tensors.insert("mask_decoder.caption_tokens.weight".into(), init);
+            }
+        }
+        for (k, t) in src {
+            let rest = &k["mask_decoder.transformer.".len()..];
+            match rest.strip_prefix("layers.") {
+                Some(layer) => {
+                    let (i, tail) = layer
+                        .split_once('.')
+                        .ok_or_else(|| Error::Config(format!("unexpected decoder key {k}")))?;
+                    let i: usize = i
+                        .parse()
+                        .map_err(|_| Error::Config(format!("unexpected decoder key {k}")))?;
+                    for j in (0..mixer).filter(|j| j % depth == i) {
+                        tensors.insert(
+                            format!("mask_decoder.additional_transformer.layers.{j}.{tail}"),
+                            t.clone(),
+                        );
+                    }
+                }
+                None => {
+                    tensors.insert(format!("mask_decoder.additional_transformer.{rest}"), t);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Builds the model (consumes the initial weights).
@@ -260,13 +326,29 @@ impl ModelSetup {
     }
 
     /// The side files of a model directory, without weights.
-    pub fn files(&self) -> ModelFiles {
-        ModelFiles {
+    pub fn files(&self) -> Result<ModelFiles> {
+        // Read now: the tokenizer directory may be a checkpoint that rotation deletes later.
+        let mut tokenizer_files = Vec::new();
+        for name in TOKENIZER_FILES {
+            let src = self.tokenizer_dir.join(name);
+            if src.is_file() {
+                let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
+                tokenizer_files.push((name.to_string(), bytes));
+            }
+        }
+        if tokenizer_files.is_empty() {
+            return Err(Error::Config(format!(
+                "no tokenizer files ({}) in {}",
+                TOKENIZER_FILES.join(", "),
+                self.tokenizer_dir.display()
+            )));
+        }
+        Ok(ModelFiles {
             config_json: self.config_json.clone(),
-            tokenizer_dir: self.tokenizer_dir.clone(),
+            tokenizer_files,
             generation_json: self.generation_json.clone(),
             preprocessor_json: self.preprocessor_json.clone(),
-        }
+        })
     }
 }
 
@@ -274,7 +356,8 @@ impl ModelSetup {
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
     pub config_json: Value,
-    pub tokenizer_dir: PathBuf,
+    /// The tokenizer files (name, contents) copied into every written model directory.
+    pub tokenizer_files: Vec<(String, Vec<u8>)>,
     pub generation_json: Value,
     pub preprocessor_json: Value,
 }
@@ -311,19 +394,9 @@ pub fn write_model_dir(
         &dir.join("preprocessor_config.json"),
         &files.preprocessor_json,
     )?;
-    for name in TOKENIZER_FILES {
-        let src = files.tokenizer_dir.join(name);
-        if src.is_file() {
-            let dst = dir.join(name);
-            std::fs::copy(&src, &dst).map_err(|e| Error::io(&dst, e))?;
-            // The source may be read-only (shared fixtures); the copy is ours.
-            let mut perm = std::fs::metadata(&dst)
-                .map_err(|e| Error::io(&dst, e))?
-                .permissions();
-            #[allow(clippy::permissions_set_readonly_false)]
-            perm.set_readonly(false);
-            std::fs::set_permissions(&dst, perm).map_err(|e| Error::io(&dst, e))?;
-        }
+    for (name, bytes) in &files.tokenizer_files {
+        let dst = dir.join(name);
+        std::fs::write(&dst, bytes).map_err(|e| Error::io(&dst, e))?;
     }
     Ok(())
 }

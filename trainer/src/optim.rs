@@ -34,6 +34,8 @@ struct Slot {
     name: String,
     var: Var,
     decay: bool,
+    /// Multiplier of the learning rate (and of the decoupled weight decay) for this parameter.
+    lr_scale: f64,
     m: Tensor,
     v: Tensor,
 }
@@ -70,6 +72,7 @@ impl AdamW {
             .map(|(name, var)| {
                 Ok(Slot {
                     decay: decays(&name),
+                    lr_scale: 1.0,
                     m: var.zeros_like()?,
                     v: var.zeros_like()?,
                     name,
@@ -82,6 +85,13 @@ impl AdamW {
             params,
             step: 0,
         })
+    }
+
+    /// Sets each parameter's learning-rate multiplier from its name (1 by default).
+    pub fn set_lr_scales(&mut self, scale: impl Fn(&str) -> f64) {
+        for s in &mut self.slots {
+            s.lr_scale = scale(&s.name);
+        }
     }
 
     /// Optimizer steps taken so far.
@@ -114,10 +124,11 @@ impl AdamW {
         let t = self.step as i32;
         let bc1 = 1.0 - p.beta1.powi(t);
         let bc2 = 1.0 - p.beta2.powi(t);
-        let step_size = lr / bc1;
         let bc2_sqrt = bc2.sqrt();
         for (slot, g) in self.slots.iter_mut().zip(grads) {
             let Some(g) = g else { continue };
+            let lr = lr * slot.lr_scale;
+            let step_size = lr / bc1;
             // Detached, so that the moments never hold a computation graph.
             let g = g.to_dtype(DType::F32)?.detach();
             let mut w = slot.var.as_tensor().detach();

@@ -134,7 +134,8 @@ pub fn decays(key: &str) -> bool {
 /// Random initialisation as HF `_init_weights` does for SCA's modules: Linear / conv /
 /// embedding weights N(0, `initializer_range`), GPT-2's residual projections
 /// N(0, range/sqrt(2·n_layer)), biases 0, LayerNorm 1/0, SAM's absolute and relative position
-/// tables 0, the Fourier buffer `(vision_hidden/2)·N(0,1)`. Each key draws from its own stream,
+/// tables 0, the Fourier buffer `scale·N(0,1)` (`scale`: transformers' `vision_hidden/2` unless
+/// `positional_embedding_scale` says otherwise). Each key draws from its own stream,
 /// so the values do not depend on construction order.
 #[derive(Debug, Clone)]
 pub struct RandomInit {
@@ -142,6 +143,11 @@ pub struct RandomInit {
     pub initializer_range: f64,
     pub gpt2_layers: usize,
     pub vision_hidden: usize,
+    /// Scale of the Fourier buffer; `None` = transformers' `vision_hidden / 2`.
+    pub positional_embedding_scale: Option<f64>,
+    /// SAM's parts, the mixer and `language_project` as PyTorch initialises them (see
+    /// [`RandomInit::torch_std`]) instead of HF's N(0, `initializer_range`).
+    pub torch_defaults: bool,
 }
 
 impl RandomInit {
@@ -161,8 +167,14 @@ impl RandomInit {
         if key.ends_with("pos_embed") || key.ends_with("rel_pos_h") || key.ends_with("rel_pos_w") {
             return Ok(constant(0.0)?);
         }
+        if let Some(std) = self.torch_std(key, shape) {
+            let mut rng = SplitMix::derive(self.seed, key);
+            let data: Vec<f32> = (0..n).map(|_| (rng.normal() * std) as f32).collect();
+            return Ok(Tensor::from_vec(data, shape, &Device::Cpu)?);
+        }
         let std = if is_buffer(key) {
-            (self.vision_hidden / 2) as f64
+            self.positional_embedding_scale
+                .unwrap_or((self.vision_hidden / 2) as f64)
         } else if key.starts_with("language_model.") && key.ends_with("c_proj.weight") {
             self.initializer_range / ((2 * self.gpt2_layers.max(1)) as f64).sqrt()
         } else {
@@ -171,6 +183,44 @@ impl RandomInit {
         let mut rng = SplitMix::derive(self.seed, key);
         let data: Vec<f32> = (0..n).map(|_| (rng.normal() * std) as f32).collect();
         Ok(Tensor::from_vec(data, shape, &Device::Cpu)?)
+    }
+}
+
+impl RandomInit {
+    /// With `torch_defaults`, the standard deviation PyTorch's own initialisation gives a
+    /// weight of SAM, the mixer or `language_project` (what SAM was trained from): `nn.Linear`
+    /// and convolutions `kaiming_uniform(a=√5)`, i.e. U(±1/√fan_in) with std 1/√(3·fan_in)
+    /// (drawn here as a normal of that std), `fan_in` = all dims but the first (PyTorch's
+    /// rule, transposed convolutions included); `nn.Embedding` tables N(0, 1). GPT-2 and the
+    /// task tokens (GPT-2 inputs) keep HF's init. HF's N(0, 0.02) everywhere leaves SAM's
+    /// attention paths nearly closed from scratch (outputs ~2% of their inputs), which stalls
+    /// the caption path. `None`: HF's rule applies.
+    fn torch_std(&self, key: &str, shape: &Shape) -> Option<f64> {
+        if !self.torch_defaults
+            || key.starts_with("language_model.")
+            || key.starts_with("task_tokens.")
+            || !key.ends_with(".weight")
+        {
+            return None;
+        }
+        let module = key.strip_suffix(".weight")?;
+        let last = module.rsplit('.').next().unwrap_or("");
+        if last.contains("layer_norm") {
+            return None;
+        }
+        let embedding = matches!(
+            last,
+            "iou_token" | "mask_tokens" | "caption_tokens" | "no_mask_embed" | "not_a_point_embed"
+        ) || module.contains("point_embed.");
+        if embedding {
+            return Some(1.0);
+        }
+        let dims = shape.dims();
+        if dims.len() < 2 {
+            return None;
+        }
+        let fan_in: usize = dims[1..].iter().product();
+        Some(1.0 / (3.0 * fan_in.max(1) as f64).sqrt())
     }
 }
 
@@ -389,6 +439,8 @@ pub fn model_keys(config: &ScaConfig) -> Result<BTreeSet<String>> {
         initializer_range: 0.02,
         gpt2_layers: config.text_config.n_layer,
         vision_hidden: config.vision_config.hidden_size,
+        positional_embedding_scale: None,
+        torch_defaults: false,
     };
     let (_, store) = ParamStore::build(
         config,
@@ -443,6 +495,8 @@ mod tests {
             initializer_range: 0.02,
             gpt2_layers: 2,
             vision_hidden: 48,
+            positional_embedding_scale: None,
+            torch_defaults: false,
         };
         let shape = Shape::from((4, 256));
         let ln = init
@@ -483,5 +537,59 @@ mod tests {
             .to_vec1::<f32>()
             .unwrap();
         assert_eq!(w, again);
+    }
+
+    #[test]
+    fn torch_default_init() {
+        let init = RandomInit {
+            seed: 1,
+            initializer_range: 0.02,
+            gpt2_layers: 2,
+            vision_hidden: 48,
+            positional_embedding_scale: None,
+            torch_defaults: true,
+        };
+        let std = |key: &str, shape: &[usize]| {
+            let v = init
+                .value(key, &Shape::from(shape.to_vec()))
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt() as f64
+        };
+        let close = |got: f64, want: f64| {
+            assert!((got - want).abs() < 0.08 * want, "std {got}, want {want}")
+        };
+        // nn.Linear(64 -> 256): 1/sqrt(3*64)
+        close(
+            std(
+                "mask_decoder.transformer.layers.0.mlp.lin1.weight",
+                &[256, 64],
+            ),
+            1.0 / 192f64.sqrt(),
+        );
+        // ConvTranspose2d weight (in 64, out 16, 2, 2): PyTorch's fan_in = 16*2*2
+        close(
+            std("mask_decoder.upscale_conv1.weight", &[64, 16, 2, 2]),
+            1.0 / 192f64.sqrt(),
+        );
+        // nn.Embedding: N(0, 1)
+        close(std("mask_decoder.caption_tokens.weight", &[8, 64]), 1.0);
+        close(std("prompt_encoder.point_embed.2.weight", &[1, 512]), 1.0);
+        // GPT-2 and its inputs keep HF's rule
+        close(
+            std(
+                "language_model.transformer.h.0.mlp.c_fc.weight",
+                &[128, 512],
+            ),
+            0.02,
+        );
+        close(std("task_tokens.weight", &[12, 128]), 0.02);
+        let ln = init
+            .value("vision_encoder.neck.layer_norm1.weight", &Shape::from(8))
+            .unwrap();
+        assert_eq!(ln.to_vec1::<f32>().unwrap(), vec![1.0; 8]);
     }
 }

@@ -11,14 +11,19 @@ use sca_core::{caption_loss, ScaModel, Trace};
 use sca_data::Batch;
 
 use crate::losses::mask_loss;
+use crate::rng::hash_keys;
 use crate::{Error, Result};
 
 /// A batch (or a worker's share of it) as tensors on the training device.
 pub struct StepInputs {
     /// Per image: pixels (1, 3, S, S).
     pub pixel_values: Vec<Tensor>,
-    /// Per image: its box prompts in the S x S model frame.
+    /// Per image: its prompts in the S x S model frame (the regions' boxes, or their centres
+    /// after [`StepInputs::mix_prompts`]).
     pub prompts: Vec<Vec<ScaledPrompt>>,
+    /// Per image and prompt: decode with SAM's three multimask outputs instead of the single
+    /// output (missing entries: single output).
+    pub multimask: Vec<Vec<bool>>,
     /// (N, L) caption ids + EOS, right-padded.
     pub input_ids: Tensor,
     /// (N, L) 1 for real tokens.
@@ -99,6 +104,7 @@ impl StepInputs {
         Ok(Self {
             pixel_values,
             prompts,
+            multimask: Vec::new(),
             input_ids: Tensor::from_slice(ids, (n, l), device)?,
             attention_mask: Tensor::from_slice(am, (n, l), device)?,
             gt_masks,
@@ -109,10 +115,118 @@ impl StepInputs {
     }
 }
 
+/// Which of SAM's mask outputs a training step decodes (and trains with the mask loss).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskOutputs {
+    /// The single output (SAM's output for unambiguous prompts): every region.
+    Single,
+    /// The three multimask outputs, each trained against the ground truth: every region.
+    Multimask,
+    /// Half of the regions (drawn per step and region) each.
+    Both,
+}
+
+impl MaskOutputs {
+    /// `single`, `multimask` or `both`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "single" => Ok(Self::Single),
+            "multimask" => Ok(Self::Multimask),
+            "both" => Ok(Self::Both),
+            other => Err(Error::Config(format!(
+                "optim.mask_outputs must be \"single\", \"multimask\" or \"both\", got {other:?}"
+            ))),
+        }
+    }
+}
+
+/// How the regions of a training step are prompted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PromptMix {
+    /// Probability that a region is prompted with one positive point at its box centre (as
+    /// `sca eval --prompt point`) instead of its box.
+    pub point_prob: f64,
+    /// Which mask outputs are decoded.
+    pub outputs: MaskOutputs,
+    /// Seed of the draws (each draw is a hash of seed, step and the region's batch position).
+    pub seed: u64,
+}
+
+impl PromptMix {
+    /// Boxes and the single output for every region (the default: the official recipe).
+    pub const BOXES: PromptMix = PromptMix {
+        point_prob: 0.0,
+        outputs: MaskOutputs::Single,
+        seed: 0,
+    };
+}
+
+impl StepInputs {
+    /// Turns some box prompts into centre points and picks the mask outputs, per `mix`. A
+    /// region's draws depend only on `(mix.seed, step, its position in the whole batch)`, so
+    /// data-parallel workers agree with one worker on the whole batch.
+    ///
+    /// ```
+    /// use trainer::step::{MaskOutputs, PromptMix, StepInputs};
+    /// use sca_core::sam::prompt_encoder::ScaledPrompt;
+    /// # use candle_core::{Device, Tensor};
+    /// # let d = Device::Cpu;
+    /// let mut inputs = StepInputs {
+    ///     pixel_values: vec![],
+    ///     prompts: vec![vec![ScaledPrompt { box_: Some([10.0, 20.0, 30.0, 60.0]), ..Default::default() }]],
+    ///     multimask: vec![],
+    ///     input_ids: Tensor::zeros((1, 1), candle_core::DType::U32, &d).unwrap(),
+    ///     attention_mask: Tensor::ones((1, 1), candle_core::DType::U32, &d).unwrap(),
+    ///     gt_masks: None,
+    ///     row_keys: vec![0],
+    ///     n_tokens: 1,
+    ///     n_regions: 1,
+    /// };
+    /// inputs.mix_prompts(&PromptMix { point_prob: 1.0, outputs: MaskOutputs::Multimask, seed: 1 }, 0);
+    /// assert_eq!(inputs.prompts[0][0].points, vec![(20.0, 40.0)]);
+    /// assert_eq!(inputs.prompts[0][0].box_, None);
+    /// assert_eq!(inputs.multimask, vec![vec![true]]);
+    /// ```
+    pub fn mix_prompts(&mut self, mix: &PromptMix, step: u64) {
+        let mut row = 0usize;
+        let mut flags = Vec::with_capacity(self.prompts.len());
+        for prompts in &mut self.prompts {
+            let mut f = Vec::with_capacity(prompts.len());
+            for p in prompts.iter_mut() {
+                let key = self.row_keys.get(row).copied().unwrap_or(row as u64);
+                row += 1;
+                let draw = |tag: u64| {
+                    (hash_keys(mix.seed, &[0x5ca_9e0, step, key, tag]) >> 11) as f64
+                        * (1.0 / (1u64 << 53) as f64)
+                };
+                if mix.point_prob > 0.0 && draw(0) < mix.point_prob {
+                    if let Some([x1, y1, x2, y2]) = p.box_ {
+                        *p = ScaledPrompt {
+                            points: vec![((x1 + x2) / 2.0, (y1 + y2) / 2.0)],
+                            labels: vec![1],
+                            box_: None,
+                        };
+                    }
+                }
+                f.push(match mix.outputs {
+                    MaskOutputs::Single => false,
+                    MaskOutputs::Multimask => true,
+                    MaskOutputs::Both => draw(1) < 0.5,
+                });
+            }
+            flags.push(f);
+        }
+        self.multimask = flags;
+    }
+}
+
 /// What the loss includes.
 #[derive(Debug, Clone)]
 pub struct LossOptions {
     pub label_smoothing: f64,
+    /// Weight of the caption loss; 0 skips the mixer and GPT-2 altogether (a masks-only
+    /// stage).
+    pub caption_loss_weight: f64,
     /// GPT-2 dropout (rates + seed); `None` = evaluation mode.
     pub dropout: Option<(u64, f64, f64, f64)>,
     /// Weight of SAM's mask loss; `None` = no mask loss.
@@ -132,61 +246,198 @@ pub struct Losses {
 /// tokens), plus SAM's mask loss on regions with ground-truth masks when asked.
 pub fn forward(model: &ScaModel, inputs: &StepInputs, opts: &LossOptions) -> Result<Losses> {
     let mut trace = Trace::default();
-    let mut prefixes = Vec::with_capacity(inputs.pixel_values.len());
-    let mut masks = Vec::new();
-    let mut ious = Vec::new();
-    for (px, prompts) in inputs.pixel_values.iter().zip(&inputs.prompts) {
-        let emb = model.embed_pixels(px, &mut trace)?;
-        let out = model.decode_prompts(&emb, prompts, false, &mut trace)?;
-        prefixes.push(out.prefix);
-        if opts.mask_loss_weight.is_some() {
-            masks.push(out.decoder.masks.squeeze(1)?);
-            ious.push(out.decoder.iou.squeeze(1)?);
-        }
+    let captions = opts.caption_loss_weight > 0.0;
+    if !captions && opts.mask_loss_weight.is_none() {
+        return Err(Error::Config(
+            "optim.caption_loss_weight = 0 needs the mask loss (SAM parts that train)".into(),
+        ));
     }
-    let prefix = Tensor::cat(&prefixes, 0)?;
-    let dropout = opts.dropout.map(|(seed, embd, attn, resid)| Dropout {
-        seed,
-        embd,
-        attn,
-        resid,
-        rows: inputs.row_keys.clone(),
-    });
-    let logits = model.teacher_forced_logits_train(
-        &prefix,
-        &inputs.input_ids,
-        &inputs.attention_mask,
-        dropout.as_ref(),
-    )?;
-    let cap = caption_loss(
-        &logits,
-        &inputs.input_ids,
-        &inputs.attention_mask,
-        opts.label_smoothing,
-    )?;
-    let caption = cap.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let mut prefixes = Vec::with_capacity(inputs.pixel_values.len());
+    // Batch rows of the prefix parts, in part order (prompts are decoded in groups by output
+    // kind; the prefix is put back in row order afterwards).
+    let mut order: Vec<u32> = Vec::with_capacity(inputs.n_regions);
+    // Per decoded output: mask logits (n, H, W), predicted IoU (n), and the batch rows.
+    let mut outputs: Vec<(Tensor, Tensor, Vec<usize>)> = Vec::new();
+    let mut row0 = 0usize;
+    for (i, (px, prompts)) in inputs.pixel_values.iter().zip(&inputs.prompts).enumerate() {
+        let emb = model.embed_pixels(px, &mut trace)?;
+        let n = prompts.len();
+        let multi = |k: usize| {
+            inputs
+                .multimask
+                .get(i)
+                .and_then(|f| f.get(k))
+                .copied()
+                .unwrap_or(false)
+        };
+        for mm in [false, true] {
+            let ks: Vec<usize> = (0..n).filter(|&k| multi(k) == mm).collect();
+            if ks.is_empty() {
+                continue;
+            }
+            let sub: Vec<ScaledPrompt>;
+            let group = if ks.len() == n {
+                prompts.as_slice()
+            } else {
+                sub = ks.iter().map(|&k| prompts[k].clone()).collect();
+                sub.as_slice()
+            };
+            let decoder = if captions {
+                let out = model.decode_prompts(&emb, group, mm, &mut trace)?;
+                prefixes.push(out.prefix);
+                out.decoder
+            } else {
+                decode_masks(model, &emb, group, mm, &mut trace)?
+            };
+            let rows: Vec<usize> = ks.iter().map(|&k| row0 + k).collect();
+            order.extend(rows.iter().map(|&r| r as u32));
+            if opts.mask_loss_weight.is_some() {
+                for j in 0..decoder.masks.dim(1)? {
+                    outputs.push((
+                        decoder.masks.narrow(1, j, 1)?.squeeze(1)?,
+                        decoder.iou.narrow(1, j, 1)?.squeeze(1)?,
+                        rows.clone(),
+                    ));
+                }
+            }
+        }
+        row0 += n;
+    }
+    let (cap, caption) = if captions {
+        let mut prefix = Tensor::cat(&prefixes, 0)?;
+        if order.iter().enumerate().any(|(p, &r)| p != r as usize) {
+            let mut inverse = vec![0u32; order.len()];
+            for (p, &r) in order.iter().enumerate() {
+                inverse[r as usize] = p as u32;
+            }
+            let idx = Tensor::from_vec(inverse, order.len(), prefix.device())?;
+            prefix = prefix.index_select(&idx, 0)?;
+        }
+        let dropout = opts.dropout.map(|(seed, embd, attn, resid)| Dropout {
+            seed,
+            embd,
+            attn,
+            resid,
+            rows: inputs.row_keys.clone(),
+        });
+        let logits = model.teacher_forced_logits_train(
+            &prefix,
+            &inputs.input_ids,
+            &inputs.attention_mask,
+            dropout.as_ref(),
+        )?;
+        let cap = caption_loss(
+            &logits,
+            &inputs.input_ids,
+            &inputs.attention_mask,
+            opts.label_smoothing,
+        )?;
+        let caption = cap.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let cap = if opts.caption_loss_weight == 1.0 {
+            cap
+        } else {
+            (cap * opts.caption_loss_weight)?
+        };
+        (Some(cap), caption)
+    } else {
+        (None, 0.0)
+    };
     let (total, mask) = match (opts.mask_loss_weight, &inputs.gt_masks) {
         (Some(w), Some((gt, idx))) => {
-            let logits = Tensor::cat(&masks, 0)?.index_select(idx, 0)?;
-            let iou = Tensor::cat(&ious, 0)?.index_select(idx, 0)?;
-            if logits.dims()[1..] != gt.dims()[1..] {
-                return Err(Error::Other(format!(
-                    "mask logits {:?} and ground truth {:?} differ in size",
-                    logits.dims(),
-                    gt.dims()
-                )));
+            // Each decoded output of a region with a ground-truth mask is one term of the loss.
+            let gt_rows = idx.to_vec1::<u32>()?;
+            let mut gt_of_row = vec![None; inputs.n_regions];
+            for (k, &r) in gt_rows.iter().enumerate() {
+                if let Some(slot) = gt_of_row.get_mut(r as usize) {
+                    *slot = Some(k as u32);
+                }
             }
-            let ml = mask_loss(&logits, &iou, gt)?;
-            let mv = ml.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            ((cap + (ml * w)?)?, Some(mv))
+            let (mut logits, mut iou, mut gt_sel) = (Vec::new(), Vec::new(), Vec::new());
+            for (m, q, rows) in &outputs {
+                let (pos, ks): (Vec<u32>, Vec<u32>) = rows
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(p, &r)| {
+                        gt_of_row.get(r).copied().flatten().map(|k| (p as u32, k))
+                    })
+                    .unzip();
+                if pos.is_empty() {
+                    continue;
+                }
+                if pos.len() == rows.len() {
+                    logits.push(m.clone());
+                    iou.push(q.clone());
+                } else {
+                    let p = Tensor::from_vec(pos.clone(), pos.len(), m.device())?;
+                    logits.push(m.index_select(&p, 0)?);
+                    iou.push(q.index_select(&p, 0)?);
+                }
+                gt_sel.extend(ks);
+            }
+            if logits.is_empty() {
+                (cap, None)
+            } else {
+                let logits = Tensor::cat(&logits, 0)?;
+                let iou = Tensor::cat(&iou, 0)?;
+                let n_sel = gt_sel.len();
+                let gt = if gt_sel.iter().enumerate().all(|(p, &k)| p == k as usize)
+                    && n_sel == gt.dim(0)?
+                {
+                    gt.clone()
+                } else {
+                    gt.index_select(&Tensor::from_vec(gt_sel, n_sel, gt.device())?, 0)?
+                };
+                if logits.dims()[1..] != gt.dims()[1..] {
+                    return Err(Error::Other(format!(
+                        "mask logits {:?} and ground truth {:?} differ in size",
+                        logits.dims(),
+                        gt.dims()
+                    )));
+                }
+                let ml = mask_loss(&logits, &iou, &gt)?;
+                let mv = ml.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                let weighted = (ml * w)?;
+                let total = match cap {
+                    Some(c) => (c + weighted)?,
+                    None => weighted,
+                };
+                (Some(total), Some(mv))
+            }
         }
         _ => (cap, None),
     };
+    let total = total.ok_or_else(|| {
+        Error::Other("no loss: caption_loss_weight = 0 and no region has a mask".into())
+    })?;
     Ok(Losses {
         total,
         caption,
         mask,
     })
+}
+
+/// SAM's prompt encoder and mask decoder only (no mixer): the masks-only stage.
+fn decode_masks(
+    model: &ScaModel,
+    embedding: &Tensor,
+    prompts: &[ScaledPrompt],
+    multimask: bool,
+    trace: &mut Trace,
+) -> Result<sca_core::sam::mask_decoder::DecoderOutput> {
+    let sparse = prompts
+        .iter()
+        .map(|p| model.prompt_encoder.embed_sparse(p))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let sparse = Tensor::stack(&sparse, 0)?;
+    let dense = model.prompt_encoder.embed_dense(None)?.unsqueeze(0)?;
+    Ok(model.mask_decoder.forward(
+        embedding,
+        model.image_positional_embeddings(),
+        &sparse,
+        &dense,
+        multimask,
+        trace,
+    )?)
 }
 
 /// Gradients of `loss` for `vars` (in order; `None` where no gradient reached a parameter).

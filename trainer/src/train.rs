@@ -15,7 +15,7 @@ use sca_core::image::PreprocessorConfig;
 use sca_core::tokenizer::Tokenizer;
 use sca_core::weights::Weights;
 use sca_core::{Decode, Sca, ScaModel};
-use sca_data::{open_spec, Batch, DataLoader, LoaderConfig, LsjConfig, Split};
+use sca_data::{open_spec, Batch, CaptionChoice, DataLoader, LoaderConfig, LsjConfig, Split};
 use serde_json::{json, Value};
 
 use crate::checkpoint::{self, TrainerState};
@@ -26,7 +26,7 @@ use crate::model::{write_model_dir, ModelFiles, ModelSetup};
 use crate::optim::{clip_grad_norm, lr_at, AdamW, AdamWParams};
 use crate::params::{ParamStore, TrainableSet};
 use crate::rng::hash_keys;
-use crate::step::{forward, gradients, LossOptions, StepInputs};
+use crate::step::{forward, gradients, LossOptions, MaskOutputs, PromptMix, StepInputs};
 use crate::{Error, Result};
 
 /// How `fit` runs.
@@ -83,6 +83,11 @@ pub fn loader_config(
     lc.max_caption_tokens = d.max_caption_tokens;
     lc.prefetch = d.prefetch;
     lc.masks = masks;
+    lc.caption = match d.caption.as_str() {
+        "first" => CaptionChoice::First,
+        "caption" => CaptionChoice::Caption,
+        _ => CaptionChoice::Random,
+    };
     lc.lsj = d.lsj.then(|| {
         let mut l = LsjConfig::official(image_size);
         l.min_scale = d.lsj_min_scale;
@@ -207,6 +212,18 @@ impl Trainer {
                 weight_decay: o.weight_decay,
             },
         )?;
+        let (lm, mixer, sam) = (o.lm_lr_scale, o.mixer_lr_scale, o.sam_lr_scale);
+        if (lm, mixer, sam) != (1.0, 1.0, 1.0) {
+            optimizer.set_lr_scales(|k| {
+                if k.starts_with("language_model.") {
+                    lm
+                } else if crate::params::is_mixer_key(k) {
+                    mixer
+                } else {
+                    sam
+                }
+            });
+        }
         if let (Some(st), Some(opt)) = (&state, &opt_state) {
             optimizer.load_state(opt, st.step)?;
         }
@@ -214,7 +231,7 @@ impl Trainer {
         let regions_seen = state.as_ref().map_or(0, |s| s.regions_seen);
         Ok((
             Trainer {
-                files: setup.files(),
+                files: setup.files()?,
                 config: setup.config.clone(),
                 cfg,
                 model,
@@ -235,11 +252,27 @@ impl Trainer {
         self.config.vision_config.image_size
     }
 
+    /// Side of SAM's low-resolution masks (4x the embedding grid), the frame of the
+    /// ground-truth masks of the mask loss.
+    pub fn mask_size(&self) -> usize {
+        4 * self.config.vision_config.grid_size()
+    }
+
+    /// How a training step prompts its regions (`data.point_prompts`, `optim.mask_outputs`).
+    pub fn prompt_mix(&self) -> Result<PromptMix> {
+        Ok(PromptMix {
+            point_prob: self.cfg.data.point_prompts,
+            outputs: MaskOutputs::parse(&self.cfg.optim.mask_outputs)?,
+            seed: self.cfg.train.seed,
+        })
+    }
+
     /// Loss options of a training step.
     pub fn loss_options(&self, step: u64, train: bool) -> LossOptions {
         let t = &self.config.text_config;
         LossOptions {
             label_smoothing: self.cfg.optim.label_smoothing,
+            caption_loss_weight: self.cfg.optim.caption_loss_weight,
             dropout: (train && self.cfg.optim.lm_dropout).then(|| {
                 (
                     hash_keys(self.cfg.train.seed, &[step]),
@@ -270,7 +303,11 @@ impl Trainer {
         let vars: Vec<candle_core::Var> = self.optimizer.vars().into_iter().cloned().collect();
         let var_refs: Vec<&candle_core::Var> = vars.iter().collect();
         let (mut grads, local) = if start < end {
-            let inputs = StepInputs::from_batch(batch, start..end, &self.device)?;
+            let mut inputs = StepInputs::from_batch(batch, start..end, &self.device)?;
+            let mix = self.prompt_mix()?;
+            if mix.point_prob > 0.0 || mix.outputs != MaskOutputs::Single {
+                inputs.mix_prompts(&mix, self.step);
+            }
             let losses = forward(&self.model, &inputs, &opts)?;
             let grads = gradients(&losses.total, &var_refs)?;
             (grads, Some((losses, inputs.n_tokens)))
@@ -296,7 +333,7 @@ impl Trainer {
         let caption = sums[0] / tokens;
         let mask = self.trainable.trains_sam().then_some(sums[1] / tokens);
         Ok(StepReport {
-            loss: caption + mask.unwrap_or(0.0) * o.mask_loss_weight,
+            loss: caption * o.caption_loss_weight + mask.unwrap_or(0.0) * o.mask_loss_weight,
             caption_loss: caption,
             mask_loss: mask,
             grad_norm,
@@ -361,6 +398,7 @@ impl Trainer {
         let mut loader = DataLoader::new(ds.clone(), Arc::new(self.tokenizer.clone()), lc, 0)?;
         let opts = LossOptions {
             label_smoothing: self.cfg.optim.label_smoothing,
+            caption_loss_weight: 1.0,
             dropout: None,
             mask_loss_weight: None,
         };
@@ -446,7 +484,8 @@ pub fn fit_with(opts: FitOptions, averager: &mut dyn GradAverager) -> Result<Fit
         "model ready"
     );
     let dataset = open_spec(&cfg.data.train, Split::Train)?;
-    let lc = loader_config(&cfg, tr.image_size(), world, tr.trainable.trains_sam());
+    let mut lc = loader_config(&cfg, tr.image_size(), world, tr.trainable.trains_sam());
+    lc.mask_size = Some(tr.mask_size());
     let mut loader = DataLoader::new(dataset, Arc::new(tr.tokenizer.clone()), lc, cfg.data.seed)?;
     if let Some(st) = &state {
         loader.restore(st.loader.clone())?;

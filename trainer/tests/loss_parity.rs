@@ -88,6 +88,7 @@ fn training_forward_matches_the_official_loss() {
             )
             .unwrap()],
             prompts: vec![scaled],
+            multimask: Vec::new(),
             input_ids: ids,
             attention_mask: am,
             gt_masks: None,
@@ -106,6 +107,7 @@ fn training_forward_matches_the_official_loss() {
                 &inputs,
                 &LossOptions {
                     label_smoothing: 0.1,
+                    caption_loss_weight: 1.0,
                     dropout: None,
                     mask_loss_weight: None,
                 },

@@ -23,11 +23,12 @@ fn losses(log: &Path) -> Vec<(u64, f64)> {
 #[test]
 fn stop_and_resume_equals_uninterrupted() {
     // Dropout, LSJ, random captions, shuffling and a warm-up + cosine schedule all on: every
-    // source of randomness has to be restored.
+    // source of randomness has to be restored. One checkpoint kept: the resumed run deletes
+    // the checkpoint it started from, and its later outputs still get the tokenizer.
     let cfg = common::tiny_config(
         "lr = 1e-3\nwarmup_steps = 2\nmax_steps = 6",
         "images_per_batch = 2\nregions_per_image = 4\nlsj = true",
-        "checkpoint_every = 0",
+        "checkpoint_every = 1\nkeep_checkpoints = 1",
         "+lm",
     );
     let tmp = tempfile::tempdir().unwrap();
@@ -59,6 +60,16 @@ fn stop_and_resume_equals_uninterrupted() {
     })
     .unwrap();
     assert_eq!(rest.steps, 6);
+    assert!(
+        !b.join("checkpoint-3").exists(),
+        "rotation kept checkpoint-3"
+    );
+    for dir in ["checkpoint-6", "model"] {
+        assert!(
+            b.join(dir).join("tokenizer.json").is_file(),
+            "{dir} has no tokenizer.json"
+        );
+    }
 
     let wa = candle_core::safetensors::load(
         a.join("model/model.safetensors"),
