@@ -21,6 +21,18 @@ fi
 for c in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
 done
+# WebAssembly targets: the browser's (sca-core must build for it) and WASI (scripts/wasm-check.sh
+# runs the model under Node's WASI).
+for t in wasm32-unknown-unknown wasm32-wasip1; do
+  rustup target list --installed 2>/dev/null | grep -qx "$t" || rustup target add "$t"
+done
+# Node.js runs the WASI build.
+if ! command -v node >/dev/null; then
+  echo "setup: apt-get install nodejs"
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs >/dev/null
+fi
 
 # METEOR 1.5 data (WordNet synonyms, paraphrase table, function words) for sca-metrics.
 if [ -f scripts/setup-meteor.sh ]; then

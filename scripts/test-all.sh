@@ -18,5 +18,7 @@ echo "== cargo test"
 # other packages).
 cargo build -p sca-uniffi-bindgen
 cargo test --workspace
+echo "== wasm: sca-core for the browser target; the bundled model under WASI vs native"
+bash scripts/wasm-check.sh
 echo "== mobile: bindings + static libraries for Android and iOS"
 bash scripts/mobile.sh

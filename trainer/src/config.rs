@@ -36,6 +36,67 @@ pub struct TrainConfig {
     pub train: RunConfig,
     #[serde(default)]
     pub eval: EvalConfig,
+    /// `trainer distill` only: the teacher and the distillation losses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<DistillConfig>,
+}
+
+/// Knowledge distillation into a smaller caption LM (`trainer distill`). The student shares
+/// the teacher's frozen SAM; its mixer starts as the teacher's (or fresh) and trains with its
+/// LM. Loss = `ce_weight` · caption CE + `kl_weight` · T² · KL(teacher ‖ student) at
+/// temperature T on the ground-truth captions + `seq_weight` · CE on the teacher's own greedy
+/// captions of the same regions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DistillConfig {
+    /// The teacher: an SCA checkpoint or trainer output (`--teacher`).
+    pub teacher: Option<PathBuf>,
+    /// Softmax temperature of the token-level KL term.
+    #[serde(default = "d_temperature")]
+    pub temperature: f64,
+    /// Teacher probabilities kept per position (the rest of the vocabulary is one lumped
+    /// outcome of the KL); 0 = the full vocabulary (no cache then: too large).
+    #[serde(default = "d_top_k")]
+    pub top_k: usize,
+    #[serde(default = "d_one_f")]
+    pub kl_weight: f64,
+    #[serde(default = "d_one_f")]
+    pub seq_weight: f64,
+    #[serde(default = "d_one_f")]
+    pub ce_weight: f64,
+    /// Longest teacher caption for the sequence-level term (new tokens).
+    #[serde(default = "d_seq_tokens")]
+    pub seq_max_tokens: usize,
+    /// Cache the teacher's outputs on disk, keyed by pixels, prompt, caption and teacher hash.
+    #[serde(default = "d_true")]
+    pub cache: bool,
+    /// Cache directory (default `<out>/teacher-cache`).
+    pub cache_dir: Option<PathBuf>,
+}
+
+fn d_temperature() -> f64 {
+    2.0
+}
+fn d_top_k() -> usize {
+    64
+}
+fn d_seq_tokens() -> usize {
+    19
+}
+impl Default for DistillConfig {
+    fn default() -> Self {
+        DistillConfig {
+            teacher: None,
+            temperature: d_temperature(),
+            top_k: d_top_k(),
+            kl_weight: 1.0,
+            seq_weight: 1.0,
+            ce_weight: 1.0,
+            seq_max_tokens: d_seq_tokens(),
+            cache: true,
+            cache_dir: None,
+        }
+    }
 }
 
 /// Where the weights come from and what trains.
@@ -95,6 +156,16 @@ pub struct ModelConfig {
     /// uses HF's.
     #[serde(default = "d_init_scheme")]
     pub init_scheme: String,
+    /// Replace the source's GPT-2 (and, where its width changes, `language_project` and the
+    /// task tokens): a GPT-2 `config.json` (weights: the source's layers, evenly selected,
+    /// where the widths match, else random), an HF GPT-2 checkpoint directory (its weights) or
+    /// an SCA model directory (its GPT-2, projection, task tokens and mixer: a second stage).
+    /// The vocabulary must stay the source's. How `trainer distill` builds its student.
+    #[serde(default)]
+    pub language_model: Option<PathBuf>,
+    /// With `language_model`: start the mixer afresh instead of copying the source's.
+    #[serde(default)]
+    pub fresh_mixer: bool,
 }
 
 fn d_init_scheme() -> String {
@@ -397,6 +468,68 @@ impl TrainConfig {
         })
     }
 
+    /// The config of `trainer distill`: `text` (a TOML file in `base`, whose `[model]` and
+    /// `[data]` sections are optional) with the command line's teacher, student LM and
+    /// training data filled in: the student starts as the teacher (`model.init =
+    /// "checkpoint"`) with `model.language_model = student`; `model.trainable` defaults to
+    /// `+lm` (mixer and LM). Paths on the command line are taken as given (relative to the
+    /// working directory).
+    pub fn for_distill(
+        text: &str,
+        base: &Path,
+        teacher: &Path,
+        student: &Path,
+        data: Option<&str>,
+    ) -> Result<Self> {
+        let text = expand_env(text)?;
+        let mut v: toml::Table = toml::from_str(&text).map_err(|e| Error::Config(e.to_string()))?;
+        let abs = |p: &Path| -> Result<String> {
+            let p = std::path::absolute(p).map_err(|e| Error::io(p, e))?;
+            Ok(p.display().to_string())
+        };
+        let section = |v: &mut toml::Table, name: &str| -> Result<toml::Table> {
+            match v.remove(name) {
+                None => Ok(toml::Table::new()),
+                Some(toml::Value::Table(t)) => Ok(t),
+                Some(_) => Err(Error::Config(format!("[{name}] must be a table"))),
+            }
+        };
+        let mut model = section(&mut v, "model")?;
+        for key in [
+            "init",
+            "checkpoint",
+            "language_model",
+            "sam",
+            "gpt2",
+            "config",
+        ] {
+            if model.contains_key(key) {
+                return Err(Error::Config(format!(
+                    "model.{key} is set by trainer distill (--teacher, --student); remove it"
+                )));
+            }
+        }
+        model.insert("init".into(), "checkpoint".into());
+        model.insert("checkpoint".into(), abs(teacher)?.into());
+        model.insert("language_model".into(), abs(student)?.into());
+        model.entry("trainable").or_insert("+lm".into());
+        v.insert("model".into(), model.into());
+        let mut d = section(&mut v, "data")?;
+        if let Some(spec) = data {
+            d.insert("train".into(), spec.into());
+        } else if !d.contains_key("train") {
+            return Err(Error::Config(
+                "no training data: pass --data SPEC or set data.train".into(),
+            ));
+        }
+        v.insert("data".into(), d.into());
+        let mut dist = section(&mut v, "distill")?;
+        dist.insert("teacher".into(), abs(teacher)?.into());
+        v.insert("distill".into(), dist.into());
+        let text = toml::to_string(&v).map_err(|e| Error::Config(e.to_string()))?;
+        Self::from_toml_str(&text, base)
+    }
+
     /// Parses TOML text; relative paths are taken relative to `base`.
     pub fn from_toml_str(text: &str, base: &Path) -> Result<Self> {
         let text = expand_env(text)?;
@@ -414,6 +547,11 @@ impl TrainConfig {
         fix(&mut cfg.model.gpt2);
         fix(&mut cfg.model.config);
         fix(&mut cfg.model.tokenizer);
+        fix(&mut cfg.model.language_model);
+        if let Some(d) = cfg.distill.as_mut() {
+            fix(&mut d.teacher);
+            fix(&mut d.cache_dir);
+        }
         cfg.data.train = resolve_spec_path(&cfg.data.train, base);
         cfg.data.eval = cfg.data.eval.map(|s| resolve_spec_path(&s, base));
         cfg.validate()?;
@@ -443,6 +581,39 @@ impl TrainConfig {
                  or \"sam_gpt2\")"
                     .into(),
             );
+        }
+        if (m.language_model.is_some() || m.fresh_mixer) && m.init != InitKind::Checkpoint {
+            return bad(
+                "model.language_model / fresh_mixer replace parts of a trained model: they need \
+                 model.init = \"checkpoint\""
+                    .into(),
+            );
+        }
+        if m.fresh_mixer && m.language_model.is_none() {
+            return bad("model.fresh_mixer needs model.language_model".into());
+        }
+        if let Some(d) = &self.distill {
+            let t = d.temperature;
+            if !(t > 0.0 && t.is_finite()) {
+                return bad(format!("distill.temperature must be > 0, got {t}"));
+            }
+            let ws = [d.kl_weight, d.seq_weight, d.ce_weight];
+            if ws.iter().any(|w| !(*w >= 0.0 && w.is_finite())) || ws.iter().all(|w| *w == 0.0) {
+                return bad(format!(
+                    "distill.kl_weight, seq_weight and ce_weight must be >= 0 and not all 0, got \
+                     {ws:?}"
+                ));
+            }
+            if d.seq_weight > 0.0 && d.seq_max_tokens == 0 {
+                return bad("distill.seq_max_tokens must be > 0 when seq_weight > 0".into());
+            }
+            if crate::params::TrainableSet::parse(&m.trainable)?.trains_sam() {
+                return bad(format!(
+                    "distillation shares the teacher's frozen SAM: model.trainable must be \
+                     \"mixer\" or \"+lm\", got {:?}",
+                    m.trainable
+                ));
+            }
         }
         if !matches!(m.init_scheme.as_str(), "hf" | "torch") {
             return bad(format!(

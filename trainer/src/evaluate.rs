@@ -109,6 +109,129 @@ pub struct EvalReport {
     pub predictions: Vec<Prediction>,
 }
 
+/// The evaluation prompt of a region with (clamped) box `b` (x0, y0, x1, y1).
+fn region_prompt(kind: PromptKind, b: &[f32; 4]) -> Prompt {
+    match kind {
+        PromptKind::Box => Prompt {
+            points: vec![],
+            box_: Some(*b),
+            multimask: true,
+        },
+        PromptKind::Point => Prompt {
+            points: vec![Point {
+                x: (b[0] + b[2]) / 2.0,
+                y: (b[1] + b[3]) / 2.0,
+                label: 1,
+            }],
+            box_: None,
+            multimask: true,
+        },
+    }
+}
+
+/// How closely a student follows its teacher (`sca eval --teacher`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Agreement {
+    pub regions: usize,
+    /// Fraction of regions whose student caption equals the teacher's.
+    pub exact_match: f64,
+    /// Mean over the teacher's caption tokens (EOS included) of KL(teacher ‖ student) of the
+    /// next-token distributions (temperature 1, full vocabulary), both teacher-forced on the
+    /// teacher's caption.
+    pub mean_token_kl: f64,
+    pub tokens: usize,
+}
+
+/// Compares `teacher` with `student` on the regions of `report` (an [`evaluate`] report of
+/// the student on the same data and options): the teacher captions every region the same way,
+/// and both models score the teacher's captions.
+pub fn teacher_agreement(
+    student: &Sca,
+    teacher: &Sca,
+    dataset: &dyn Dataset,
+    opts: &EvalOptions,
+    report: &EvalReport,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Agreement> {
+    use candle_core::{DType, Tensor, D};
+    use sca_core::Trace;
+    let mut preds = report.predictions.iter();
+    let (mut same, mut regions, mut kl_sum, mut tokens) = (0usize, 0usize, 0f64, 0usize);
+    let eos = teacher.generation.eos_token_id;
+    for i in 0..report.n_images {
+        let sample = dataset.get(i)?;
+        let img = sample.load_image()?;
+        let (es, et) = (student.embed(&img)?, teacher.embed(&img)?);
+        let boxes: Vec<[f32; 4]> = sample
+            .regions
+            .iter()
+            .filter_map(|r| r.clamped_xyxy(sample.width, sample.height))
+            .collect();
+        for chunk in boxes.chunks(opts.chunk.max(1)) {
+            let prompts: Vec<Prompt> = chunk
+                .iter()
+                .map(|b| region_prompt(opts.prompt, b))
+                .collect();
+            let out = teacher.predict_many(&et, &prompts, &opts.decode)?;
+            for r in &out {
+                let p = preds.next().ok_or_else(|| {
+                    Error::Other("the report has fewer regions than the data".into())
+                })?;
+                same += (p.candidate == r.caption) as usize;
+                regions += 1;
+            }
+            let caps: Vec<Vec<u32>> = out
+                .iter()
+                .map(|r| {
+                    if r.tokens.is_empty() {
+                        vec![eos]
+                    } else {
+                        r.tokens.clone()
+                    }
+                })
+                .collect();
+            let m = caps.len();
+            let l = caps.iter().map(Vec::len).max().unwrap_or(1);
+            let (mut ids, mut am) = (vec![eos; m * l], vec![0u32; m * l]);
+            for (r, c) in caps.iter().enumerate() {
+                ids[r * l..r * l + c.len()].copy_from_slice(c);
+                am[r * l..r * l + c.len()].fill(1);
+            }
+            let dev = student.model.device();
+            let ids = Tensor::from_vec(ids, (m, l), dev)?;
+            let am = Tensor::from_vec(am, (m, l), dev)?;
+            let logp = |sca: &Sca, emb: &sca_core::ImageEmbedding| -> Result<Tensor> {
+                let scaled = prompts
+                    .iter()
+                    .map(|p| sca.scale_prompt(emb, p))
+                    .collect::<sca_core::Result<Vec<_>>>()?;
+                let mut tr = Trace::default();
+                let o = sca
+                    .model
+                    .decode_prompts(&emb.embedding, &scaled, true, &mut tr)?;
+                let lg = sca
+                    .model
+                    .teacher_forced_logits(&o.prefix, &ids, &am, &mut tr)?;
+                Ok(candle_nn::ops::log_softmax(
+                    &lg.narrow(1, 0, l)?,
+                    D::Minus1,
+                )?)
+            };
+            let (lt, ls) = (logp(teacher, &et)?, logp(student, &es)?);
+            let kl = ((lt.exp()? * (&lt - &ls)?)?.sum(D::Minus1)? * am.to_dtype(DType::F32)?)?;
+            kl_sum += kl.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            tokens += caps.iter().map(Vec::len).sum::<usize>();
+        }
+        progress(i + 1, report.n_images);
+    }
+    Ok(Agreement {
+        regions,
+        exact_match: same as f64 / regions.max(1) as f64,
+        mean_token_kl: kl_sum / tokens.max(1) as f64,
+        tokens,
+    })
+}
+
 /// Runs the model on every region of the first `opts.limit` images. `progress(done, total)`
 /// is called after each image.
 pub fn evaluate(
@@ -138,22 +261,7 @@ pub fn evaluate(
         for chunk in regions.chunks(opts.chunk.max(1)) {
             let prompts: Vec<Prompt> = chunk
                 .iter()
-                .map(|(_, b)| match opts.prompt {
-                    PromptKind::Box => Prompt {
-                        points: vec![],
-                        box_: Some(*b),
-                        multimask: true,
-                    },
-                    PromptKind::Point => Prompt {
-                        points: vec![Point {
-                            x: (b[0] + b[2]) / 2.0,
-                            y: (b[1] + b[3]) / 2.0,
-                            label: 1,
-                        }],
-                        box_: None,
-                        multimask: true,
-                    },
-                })
+                .map(|(_, b)| region_prompt(opts.prompt, b))
                 .collect();
             let out = sca.predict_many(&emb, &prompts, &opts.decode)?;
             for ((r, b), region) in chunk.iter().zip(out) {

@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod distill;
 mod error;
 pub mod evaluate;
 pub mod grad_sync;

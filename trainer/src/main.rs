@@ -22,6 +22,9 @@ struct Cli {
 enum Command {
     /// Train as a TOML config says; checkpoints, log.jsonl and the final model go to --out.
     Fit(FitArgs),
+    /// Distil a teacher SCA into a student with a smaller GPT-2 (shared frozen SAM): KL to
+    /// the teacher's next-token distributions, its greedy captions, and the caption loss.
+    Distill(DistillArgs),
     /// Time training steps (regions/s) of a model built from a config with random weights.
     Bench(trainer::bench::BenchArgs),
 }
@@ -40,6 +43,63 @@ struct FitArgs {
     /// Stop with a checkpoint after this many steps (the schedule still runs to max_steps).
     #[arg(long, value_name = "STEPS")]
     stop_after: Option<u64>,
+}
+
+#[derive(clap::Args)]
+struct DistillArgs {
+    /// The teacher: an SCA checkpoint or trainer output directory.
+    #[arg(long)]
+    teacher: PathBuf,
+    /// The student's GPT-2: a config.json (init from the teacher's layers where the widths
+    /// match, else random), an HF GPT-2 checkpoint directory (its weights), or an earlier
+    /// student (SCA model directory: continue from its GPT-2, projection and mixer).
+    #[arg(long, value_name = "CONFIG_OR_DIR")]
+    student: PathBuf,
+    /// Training data spec (overrides the config's data.train), e.g. synthetic:seed=1,n=1000.
+    #[arg(long)]
+    data: Option<String>,
+    /// Training config (TOML): [distill], [optim], [train], [eval] and the rest of [data].
+    #[arg(long)]
+    config: PathBuf,
+    /// Output directory: checkpoint-N/, log.jsonl, teacher-cache/, model/.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue from a checkpoint directory, or from the newest checkpoint in a run directory.
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    /// Stop with a checkpoint after this many steps.
+    #[arg(long, value_name = "STEPS")]
+    stop_after: Option<u64>,
+}
+
+fn run_distill(a: &DistillArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&a.config)
+        .with_context(|| format!("reading {}", a.config.display()))?;
+    let base = a
+        .config
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let config = TrainConfig::for_distill(&text, &base, &a.teacher, &a.student, a.data.as_deref())
+        .with_context(|| format!("reading {}", a.config.display()))?;
+    let opts = FitOptions {
+        config,
+        out: a.out.clone(),
+        resume: a.resume.clone(),
+        stop_after: a.stop_after,
+    };
+    let summary = fit(opts).with_context(|| format!("distilling into {}", a.out.display()))?;
+    eprintln!(
+        "distilled {} steps; loss {} -> {}; {:.2} regions/s{}",
+        summary.steps,
+        summary.first_loss.map_or("-".into(), |v| format!("{v:.4}")),
+        summary.last_loss.map_or("-".into(), |v| format!("{v:.4}")),
+        summary.regions_per_s,
+        summary
+            .model_dir
+            .map_or(String::new(), |d| format!("; student in {}", d.display()))
+    );
+    Ok(())
 }
 
 fn run_fit(a: &FitArgs) -> Result<()> {
@@ -111,6 +171,7 @@ fn main() {
     let cli = Cli::parse();
     let res = match cli.command {
         Command::Fit(a) => run_fit(&a),
+        Command::Distill(a) => run_distill(&a),
         Command::Bench(a) => trainer::bench::run(&a).context("trainer bench"),
     };
     if let Err(e) = res {

@@ -143,6 +143,9 @@ impl ModelSetup {
             }
         };
         let mut setup = setup;
+        if let Some(lm) = &m.language_model {
+            setup.replace_language_model(lm, m)?;
+        }
         if m.mixer_from_sam_decoder {
             setup.mixer_from_sam_decoder()?;
         }
@@ -219,12 +222,7 @@ impl ModelSetup {
         let config = parse_config(&config_json, &origin)?;
         let mut tensors = weights_map(sam)?;
         for (k, t) in weights_map(gpt2)? {
-            let key = if k.starts_with("transformer.") || k.starts_with("lm_head.") {
-                format!("language_model.{k}")
-            } else {
-                format!("language_model.transformer.{k}")
-            };
-            tensors.insert(key, t);
+            tensors.insert(gpt2_key(&k), t);
         }
         let init = RandomInit {
             seed: m.init_seed,
@@ -248,6 +246,116 @@ impl ModelSetup {
             config,
             config_json,
         })
+    }
+
+    /// Swaps in another GPT-2 (`model.language_model`): `lm` is a GPT-2 `config.json`, an HF
+    /// GPT-2 checkpoint directory, or an SCA model directory (e.g. an earlier student: its
+    /// GPT-2, projection, task tokens and mixer continue). Weights come from that directory,
+    /// else from the source's LM by even layer selection when the widths match, else random;
+    /// `language_project` and the task tokens are kept only when the width is unchanged; the
+    /// mixer is kept unless `model.fresh_mixer`. SAM is untouched.
+    pub fn replace_language_model(&mut self, lm: &Path, m: &ModelConfig) -> Result<()> {
+        let (cfg_path, weights_dir) = if lm.is_dir() {
+            (lm.join("config.json"), Some(lm))
+        } else {
+            (lm.to_path_buf(), None)
+        };
+        let mut text = read_json(&cfg_path)?;
+        // An SCA model (e.g. an earlier student) names the GPT-2 part `text_config`.
+        let sca_dir = text.get("text_config").is_some();
+        if let Some(t) = text.get("text_config") {
+            text = t.clone();
+        }
+        let mut config_json = self.config_json.clone();
+        config_json["text_config"] = text;
+        let config = parse_config(&config_json, &cfg_path)?;
+        let (old, new) = (&self.config.text_config, &config.text_config);
+        if old.vocab_size != new.vocab_size {
+            return Err(Error::Config(format!(
+                "{}: vocab_size {} differs from the source's {} (the tokenizer is shared)",
+                cfg_path.display(),
+                new.vocab_size,
+                old.vocab_size
+            )));
+        }
+        let tensors = &mut self.source.tensors;
+        let old_lm: BTreeMap<String, Tensor> = tensors
+            .iter()
+            .filter(|(k, _)| k.starts_with("language_model."))
+            .map(|(k, t)| (k.clone(), t.clone()))
+            .collect();
+        tensors.retain(|k, _| !k.starts_with("language_model."));
+        if new.n_embd != old.n_embd {
+            tensors.retain(|k, _| {
+                !k.starts_with("language_project.") && !k.starts_with("task_tokens.")
+            });
+        }
+        if m.fresh_mixer {
+            tensors.retain(|k, _| !is_mixer_key(k));
+        }
+        let how = if let Some(dir) = weights_dir.filter(|d| has_weights(d)) {
+            for (k, t) in weights_map(dir)? {
+                if !sca_dir {
+                    tensors.insert(gpt2_key(&k), t);
+                } else if k.starts_with("language_model.") || is_mixer_key(&k) {
+                    // An SCA model continues as it was: its GPT-2, projection, task tokens
+                    // and mixer (unless `fresh_mixer`); SAM stays the source's.
+                    if !(m.fresh_mixer && is_mixer_key(&k)) {
+                        tensors.insert(k, t);
+                    }
+                }
+            }
+            format!("weights of {}", dir.display())
+        } else if new.n_embd == old.n_embd && new.n_positions <= old.n_positions {
+            let picked = select_layers(old.n_layer, new.n_layer);
+            for (k, t) in &old_lm {
+                let Some(rest) = k.strip_prefix("language_model.transformer.h.") else {
+                    let t = if k == "language_model.transformer.wpe.weight" {
+                        t.narrow(0, 0, new.n_positions)?
+                    } else {
+                        t.clone()
+                    };
+                    tensors.insert(k.clone(), t);
+                    continue;
+                };
+                let (i, tail) = rest.split_once('.').unwrap_or((rest, ""));
+                let i: usize = i.parse().unwrap_or(usize::MAX);
+                for (j, _) in picked.iter().enumerate().filter(|(_, &src)| src == i) {
+                    tensors.insert(
+                        format!("language_model.transformer.h.{j}.{tail}"),
+                        t.clone(),
+                    );
+                }
+            }
+            format!("layers {picked:?} of the source's GPT-2")
+        } else {
+            "random".to_string()
+        };
+        tracing::info!(
+            n_layer = new.n_layer,
+            n_embd = new.n_embd,
+            init = %how,
+            "language model replaced"
+        );
+        let init = RandomInit {
+            seed: m.init_seed,
+            initializer_range: initializer_range(&config_json),
+            gpt2_layers: new.n_layer,
+            vision_hidden: config.vision_config.hidden_size,
+            positional_embedding_scale: m.positional_embedding_scale,
+            torch_defaults: m.init_scheme == "torch",
+        };
+        self.source.init_missing = Some((init, |k| {
+            k.starts_with("language_model.") || is_mixer_key(k)
+        }));
+        self.source.origin = format!(
+            "{} with the language model of {}",
+            self.source.origin,
+            lm.display()
+        );
+        self.config = config;
+        self.config_json = config_json;
+        Ok(())
     }
 
     /// Replaces the mixer's transformer weights with copies of SAM's mask-decoder transformer
@@ -349,6 +457,44 @@ impl ModelSetup {
             generation_json: self.generation_json.clone(),
             preprocessor_json: self.preprocessor_json.clone(),
         })
+    }
+}
+
+/// An HF GPT-2 key (`GPT2LMHeadModel` or `GPT2Model` layout) as an SCA key.
+fn gpt2_key(k: &str) -> String {
+    if k.starts_with("transformer.") || k.starts_with("lm_head.") {
+        format!("language_model.{k}")
+    } else {
+        format!("language_model.transformer.{k}")
+    }
+}
+
+fn has_weights(dir: &Path) -> bool {
+    [
+        "model.safetensors",
+        "pytorch_model.bin",
+        "model.safetensors.index.json",
+    ]
+    .iter()
+    .any(|f| dir.join(f).is_file())
+}
+
+/// `n` of `total` layers, evenly spaced, first and last included (layer selection, as
+/// DistilBERT-style students are initialised).
+///
+/// ```
+/// use trainer::model::select_layers;
+/// assert_eq!(select_layers(12, 6), [0, 2, 4, 7, 9, 11]);
+/// assert_eq!(select_layers(6, 3), [0, 3, 5]);
+/// assert_eq!(select_layers(2, 1), [0]);
+/// ```
+pub fn select_layers(total: usize, n: usize) -> Vec<usize> {
+    match (total, n) {
+        (_, 0) | (0, _) => Vec::new(),
+        (_, 1) => vec![0],
+        _ => (0..n)
+            .map(|j| ((j * (total - 1)) as f64 / (n - 1) as f64).round() as usize)
+            .collect(),
     }
 }
 

@@ -239,6 +239,25 @@ pub struct Losses {
     pub total: Tensor,
     pub caption: f64,
     pub mask: Option<f64>,
+    /// The value of `total` when it is not `caption` and `mask` weighted by the config
+    /// (distillation).
+    pub total_value: Option<f64>,
+    /// Further named terms for the log (distillation's `kl_loss`, `seq_loss`, ...).
+    pub parts: Vec<(&'static str, f64)>,
+}
+
+/// Rows of `t` given in `order` (row p of `t` is batch row `order[p]`) put back in batch
+/// order.
+pub fn to_row_order(t: &Tensor, order: &[u32]) -> Result<Tensor> {
+    if order.iter().enumerate().all(|(p, &r)| p == r as usize) {
+        return Ok(t.clone());
+    }
+    let mut inverse = vec![0u32; order.len()];
+    for (p, &r) in order.iter().enumerate() {
+        inverse[r as usize] = p as u32;
+    }
+    let idx = Tensor::from_vec(inverse, order.len(), t.device())?;
+    Ok(t.index_select(&idx, 0)?)
 }
 
 /// Forward pass: SAM encoder per image, decoder + mixer per image's prompts, one batched
@@ -304,15 +323,7 @@ pub fn forward(model: &ScaModel, inputs: &StepInputs, opts: &LossOptions) -> Res
         row0 += n;
     }
     let (cap, caption) = if captions {
-        let mut prefix = Tensor::cat(&prefixes, 0)?;
-        if order.iter().enumerate().any(|(p, &r)| p != r as usize) {
-            let mut inverse = vec![0u32; order.len()];
-            for (p, &r) in order.iter().enumerate() {
-                inverse[r as usize] = p as u32;
-            }
-            let idx = Tensor::from_vec(inverse, order.len(), prefix.device())?;
-            prefix = prefix.index_select(&idx, 0)?;
-        }
+        let prefix = to_row_order(&Tensor::cat(&prefixes, 0)?, &order)?;
         let dropout = opts.dropout.map(|(seed, embd, attn, resid)| Dropout {
             seed,
             embd,
@@ -413,6 +424,8 @@ pub fn forward(model: &ScaModel, inputs: &StepInputs, opts: &LossOptions) -> Res
         total,
         caption,
         mask,
+        total_value: None,
+        parts: Vec::new(),
     })
 }
 

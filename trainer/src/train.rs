@@ -173,6 +173,8 @@ pub struct Trainer {
     pub trainable: TrainableSet,
     pub step: u64,
     pub regions_seen: u64,
+    /// `trainer distill`: the teacher and the distillation losses.
+    pub distill: Option<crate::distill::Distiller>,
 }
 
 impl Trainer {
@@ -242,6 +244,7 @@ impl Trainer {
                 trainable,
                 step,
                 regions_seen,
+                distill: None,
             },
             state,
         ))
@@ -308,7 +311,10 @@ impl Trainer {
             if mix.point_prob > 0.0 || mix.outputs != MaskOutputs::Single {
                 inputs.mix_prompts(&mix, self.step);
             }
-            let losses = forward(&self.model, &inputs, &opts)?;
+            let losses = match &self.distill {
+                Some(d) => d.forward(&self.model, &inputs, &opts)?,
+                None => forward(&self.model, &inputs, &opts)?,
+            };
             let grads = gradients(&losses.total, &var_refs)?;
             (grads, Some((losses, inputs.n_tokens)))
         } else {
@@ -320,6 +326,9 @@ impl Trainer {
         let (cap, mask) = local
             .as_ref()
             .map_or((0.0, 0.0), |(l, _)| (l.caption, l.mask.unwrap_or(0.0)));
+        let (total_value, parts) = local.as_ref().map_or((None, Vec::new()), |(l, _)| {
+            (l.total_value, l.parts.clone())
+        });
         let mut sums = [cap * n_tokens, mask * n_tokens, n_tokens];
         averager.sum_scalars(&mut sums)?;
         let grad_norm = clip_grad_norm(&mut grads, self.cfg.optim.clip_grad_norm)?;
@@ -333,7 +342,10 @@ impl Trainer {
         let caption = sums[0] / tokens;
         let mask = self.trainable.trains_sam().then_some(sums[1] / tokens);
         Ok(StepReport {
-            loss: caption * o.caption_loss_weight + mask.unwrap_or(0.0) * o.mask_loss_weight,
+            loss: total_value.unwrap_or(
+                caption * o.caption_loss_weight + mask.unwrap_or(0.0) * o.mask_loss_weight,
+            ),
+            parts,
             caption_loss: caption,
             mask_loss: mask,
             grad_norm,
@@ -441,9 +453,11 @@ impl Trainer {
 }
 
 /// The numbers of one step.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StepReport {
     pub loss: f64,
+    /// Further named terms (distillation).
+    pub parts: Vec<(&'static str, f64)>,
     pub caption_loss: f64,
     pub mask_loss: Option<f64>,
     pub grad_norm: f64,
@@ -475,6 +489,19 @@ pub fn fit_with(opts: FitOptions, averager: &mut dyn GradAverager) -> Result<Fit
                 st.world_size
             )));
         }
+    }
+    if let Some(d) = tr.cfg.distill.clone() {
+        if world > 1 {
+            return Err(Error::Config(
+                "distillation runs on one worker (WORLD_SIZE=1)".into(),
+            ));
+        }
+        let teacher = d.teacher.clone().ok_or_else(|| {
+            Error::Config("distillation needs a teacher (--teacher or distill.teacher)".into())
+        })?;
+        tr.distill = Some(crate::distill::Distiller::new(
+            &teacher, d, &tr.store, &tr.config, &out, &tr.device,
+        )?);
     }
     let cfg = tr.cfg.clone();
     tracing::info!(
@@ -553,6 +580,9 @@ pub fn fit_with(opts: FitOptions, averager: &mut dyn GradAverager) -> Result<Fit
         });
         if let Some(m) = rep.mask_loss {
             entry["mask_loss"] = json!(m);
+        }
+        for (k, v) in &rep.parts {
+            entry[*k] = json!(v);
         }
         let eval_now = cfg.eval.every > 0 && tr.step % cfg.eval.every == 0;
         if lead && eval_now {

@@ -10,7 +10,9 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use sca_core::{Decode, Sca};
 use sca_data::{parse_spec, Split};
-use trainer::evaluate::{evaluate, EvalOptions, EvalReport, MeteorMode, PromptKind};
+use trainer::evaluate::{
+    evaluate, teacher_agreement, Agreement, EvalOptions, EvalReport, MeteorMode, PromptKind,
+};
 
 /// Arguments of `sca eval`.
 #[derive(clap::Args, Debug, Clone)]
@@ -49,6 +51,10 @@ pub struct EvalArgs {
     /// Skip METEOR.
     #[arg(long)]
     pub no_meteor: bool,
+    /// A teacher model (for a distilled student): also report the exact caption agreement
+    /// with it and the mean per-token KL(teacher ‖ student) on the teacher's captions.
+    #[arg(long, value_name = "DIR")]
+    pub teacher: Option<PathBuf>,
 }
 
 /// Runs `sca eval`.
@@ -69,6 +75,13 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     let sca = Sca::load(&args.model, candle_core::Device::Cpu)
         .with_context(|| format!("loading model {}", args.model.display()))?;
+    let teacher = match &args.teacher {
+        Some(t) => Some(
+            Sca::load(t, candle_core::Device::Cpu)
+                .with_context(|| format!("loading teacher {}", t.display()))?,
+        ),
+        None => None,
+    };
     let max_new = args
         .max_new_tokens
         .unwrap_or_else(|| sca.generation.default_max_new_tokens());
@@ -102,6 +115,23 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     })
     .with_context(|| format!("evaluating {} on {:?}", args.model.display(), args.data))?;
     bar.finish_and_clear();
+    let agreement = match &teacher {
+        Some(t) => {
+            bar.reset();
+            bar.set_style(
+                ProgressStyle::with_template("teacher [{bar:40}] {pos}/{len} images ({eta})")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            let a = teacher_agreement(&sca, t, dataset.as_ref(), &opts, &report, |done, _| {
+                bar.set_position(done as u64)
+            })
+            .context("comparing with the teacher")?;
+            bar.finish_and_clear();
+            Some(a)
+        }
+        None => None,
+    };
     if let Some(path) = &args.out {
         let doc = serde_json::json!({
             "model": args.model,
@@ -109,6 +139,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             "prompt": args.prompt,
             "metrics": metrics_json(&report),
             "regions": report.predictions,
+            "teacher_agreement": agreement,
         });
         let text = serde_json::to_string(&doc)?;
         std::fs::write(path, text + "\n")
@@ -124,9 +155,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             doc["attribute_accuracy"] = a.into();
             doc["attribute_rates"] = serde_json::to_value(report.attribute_rates)?;
         }
+        if let Some(a) = &agreement {
+            doc["teacher_agreement"] = serde_json::to_value(a)?;
+        }
         writeln!(out, "{doc}")?;
     } else {
-        print_table(&mut out, &report, args)?;
+        print_table(&mut out, &report, args, agreement.as_ref())?;
     }
     Ok(())
 }
@@ -140,7 +174,12 @@ fn metrics_json(r: &EvalReport) -> serde_json::Value {
     })
 }
 
-fn print_table(out: &mut impl Write, r: &EvalReport, args: &EvalArgs) -> Result<()> {
+fn print_table(
+    out: &mut impl Write,
+    r: &EvalReport,
+    args: &EvalArgs,
+    agreement: Option<&Agreement>,
+) -> Result<()> {
     writeln!(
         out,
         "{} on {} ({} images, {} regions, {} prompts)",
@@ -179,6 +218,10 @@ fn print_table(out: &mut impl Write, r: &EvalReport, args: &EvalArgs) -> Result<
             "  (colour {:.4}, shape {:.4}, size {:.4})",
             rates.colour, rates.shape, rates.size
         )?;
+    }
+    if let Some(a) = agreement {
+        writeln!(out, "{:<20} {:>10.4}", "teacher exact match", a.exact_match)?;
+        writeln!(out, "{:<20} {:>10.4}", "teacher token KL", a.mean_token_kl)?;
     }
     writeln!(out, "(pycocoevalcap scale; papers report x100)")?;
     Ok(())

@@ -197,3 +197,34 @@ fn bad_data_specs_give_clear_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("config.json"));
 }
+
+/// `--teacher`: a model agrees exactly with itself (KL 0); another fixture (same random LM,
+/// other SAM and mixer weights) has a positive KL.
+#[test]
+fn teacher_agreement_is_reported() {
+    let other = parity_dir().join("sca_a_point_single");
+    let run = |teacher: &PathBuf| -> serde_json::Value {
+        let out = sca()
+            .args(["eval", "--no-meteor", "--json", "--max-new-tokens", "5"])
+            .args(["--data", DATA, "--limit", "2", "--model"])
+            .arg(model())
+            .arg("--teacher")
+            .arg(teacher)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        j["teacher_agreement"].clone()
+    };
+    let same = run(&model());
+    assert_eq!(same["exact_match"], 1.0);
+    assert_eq!(same["mean_token_kl"], 0.0);
+    assert!(same["regions"].as_u64().unwrap() > 0);
+    let diff = run(&other);
+    assert!(diff["mean_token_kl"].as_f64().unwrap() > 0.01, "{diff}");
+    assert_eq!(diff["regions"], same["regions"]);
+}
