@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Device, Tensor, D};
-use sca_core::dropout::Dropout;
 use sca_core::generate::{generate, Decode};
 use sca_core::{caption_loss, ScaModel, Trace};
 use sha2::{Digest, Sha256};
@@ -459,13 +458,7 @@ impl Distiller {
         let prefix = Tensor::cat(&prefixes, 0)?;
         let (ids, mask) = (&inputs.input_ids, &inputs.attention_mask);
         let l = ids.dim(1)?;
-        let dropout = opts.dropout.map(|(seed, embd, attn, resid)| Dropout {
-            seed,
-            embd,
-            attn,
-            resid,
-            rows: inputs.row_keys.clone(),
-        });
+        let dropout = opts.lm_dropout(inputs);
         let logits = student.teacher_forced_logits_train(&prefix, ids, mask, dropout.as_ref())?;
         let ce = caption_loss(&logits, ids, mask, opts.label_smoothing)?;
         let c = &self.cfg;

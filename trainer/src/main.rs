@@ -34,7 +34,14 @@ struct FitArgs {
     /// The training config (TOML; see trainer/README.md).
     #[arg(long)]
     config: PathBuf,
-    /// Output directory: checkpoint-N/, log.jsonl, model/.
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Where a run goes and how far (fit and distill).
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Output directory: checkpoint-N/, log.jsonl, model/ (distill: also teacher-cache/).
     #[arg(long)]
     out: PathBuf,
     /// Continue from a checkpoint directory, or from the newest checkpoint in a run directory.
@@ -43,6 +50,17 @@ struct FitArgs {
     /// Stop with a checkpoint after this many steps (the schedule still runs to max_steps).
     #[arg(long, value_name = "STEPS")]
     stop_after: Option<u64>,
+}
+
+impl RunArgs {
+    fn options(&self, config: TrainConfig) -> FitOptions {
+        FitOptions {
+            config,
+            out: self.out.clone(),
+            resume: self.resume.clone(),
+            stop_after: self.stop_after,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -61,15 +79,8 @@ struct DistillArgs {
     /// Training config (TOML): [distill], [optim], [train], [eval] and the rest of [data].
     #[arg(long)]
     config: PathBuf,
-    /// Output directory: checkpoint-N/, log.jsonl, teacher-cache/, model/.
-    #[arg(long)]
-    out: PathBuf,
-    /// Continue from a checkpoint directory, or from the newest checkpoint in a run directory.
-    #[arg(long, value_name = "DIR")]
-    resume: Option<PathBuf>,
-    /// Stop with a checkpoint after this many steps.
-    #[arg(long, value_name = "STEPS")]
-    stop_after: Option<u64>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 fn run_distill(a: &DistillArgs) -> Result<()> {
@@ -82,13 +93,8 @@ fn run_distill(a: &DistillArgs) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from("."));
     let config = TrainConfig::for_distill(&text, &base, &a.teacher, &a.student, a.data.as_deref())
         .with_context(|| format!("reading {}", a.config.display()))?;
-    let opts = FitOptions {
-        config,
-        out: a.out.clone(),
-        resume: a.resume.clone(),
-        stop_after: a.stop_after,
-    };
-    let summary = fit(opts).with_context(|| format!("distilling into {}", a.out.display()))?;
+    let opts = a.run.options(config);
+    let summary = fit(opts).with_context(|| format!("distilling into {}", a.run.out.display()))?;
     eprintln!(
         "distilled {} steps; loss {} -> {}; {:.2} regions/s{}",
         summary.steps,
@@ -109,16 +115,11 @@ fn run_fit(a: &FitArgs) -> Result<()> {
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(1);
-    let opts = FitOptions {
-        config,
-        out: a.out.clone(),
-        resume: a.resume.clone(),
-        stop_after: a.stop_after,
-    };
+    let opts = a.run.options(config);
     let summary = if world > 1 {
         fit_data_parallel(opts, world)?
     } else {
-        fit(opts).with_context(|| format!("training into {}", a.out.display()))?
+        fit(opts).with_context(|| format!("training into {}", a.run.out.display()))?
     };
     eprintln!(
         "trained {} steps; loss {} -> {}; {:.2} regions/s{}",

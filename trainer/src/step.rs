@@ -233,6 +233,19 @@ pub struct LossOptions {
     pub mask_loss_weight: Option<f64>,
 }
 
+impl LossOptions {
+    /// GPT-2's dropout for the regions of `inputs` (`None` in evaluation mode).
+    pub fn lm_dropout(&self, inputs: &StepInputs) -> Option<Dropout> {
+        self.dropout.map(|(seed, embd, attn, resid)| Dropout {
+            seed,
+            embd,
+            attn,
+            resid,
+            rows: inputs.row_keys.clone(),
+        })
+    }
+}
+
 /// The losses of one forward pass.
 pub struct Losses {
     /// What is differentiated: caption loss + weighted mask loss.
@@ -324,13 +337,7 @@ pub fn forward(model: &ScaModel, inputs: &StepInputs, opts: &LossOptions) -> Res
     }
     let (cap, caption) = if captions {
         let prefix = to_row_order(&Tensor::cat(&prefixes, 0)?, &order)?;
-        let dropout = opts.dropout.map(|(seed, embd, attn, resid)| Dropout {
-            seed,
-            embd,
-            attn,
-            resid,
-            rows: inputs.row_keys.clone(),
-        });
+        let dropout = opts.lm_dropout(inputs);
         let logits = model.teacher_forced_logits_train(
             &prefix,
             &inputs.input_ids,

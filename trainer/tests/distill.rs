@@ -107,6 +107,19 @@ fn weights(dir: &Path) -> std::collections::HashMap<String, Tensor> {
     candle_core::safetensors::load(dir.join("model/model.safetensors"), &Device::Cpu).unwrap()
 }
 
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn last_log(dir: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
     serde_json::from_str(text.lines().last().unwrap()).unwrap()
@@ -149,16 +162,7 @@ fn teacher_cache_gives_the_same_training_as_computing_on_the_fly() {
         let o = weights(other);
         assert_eq!(o.len(), w.len());
         for (k, t) in &w {
-            let d = (t - &o[k])
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = max_diff(t, &o[k]);
             assert_eq!(
                 d, 0.0,
                 "{k} differs between cached and live teacher outputs"
@@ -203,16 +207,7 @@ fn the_student_keeps_the_teachers_sam_and_selects_its_layers() {
         let Some(want) = want else {
             panic!("unexpected student key {k}");
         };
-        let d = (v - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_diff(v, want);
         assert_eq!(d, 0.0, "{k}: lr = 0 keeps the initial copy of the teacher");
     }
     assert!(s
@@ -254,16 +249,7 @@ fn the_student_keeps_the_teachers_sam_and_selects_its_layers() {
     let a = weights(&again);
     assert_eq!(a.len(), s.len());
     for (k, v) in &s {
-        let d = (v - &a[k])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_diff(v, &a[k]);
         assert_eq!(
             d, 0.0,
             "{k}: the second stage did not start from the student"
