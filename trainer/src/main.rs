@@ -95,17 +95,23 @@ fn run_distill(a: &DistillArgs) -> Result<()> {
         .with_context(|| format!("reading {}", a.config.display()))?;
     let opts = a.run.options(config);
     let summary = fit(opts).with_context(|| format!("distilling into {}", a.run.out.display()))?;
+    report("distilled", "student", &summary);
+    Ok(())
+}
+
+/// The one-line summary of a finished run on stderr.
+fn report(verb: &str, what: &str, summary: &trainer::train::FitSummary) {
     eprintln!(
-        "distilled {} steps; loss {} -> {}; {:.2} regions/s{}",
+        "{verb} {} steps; loss {} -> {}; {:.2} regions/s{}",
         summary.steps,
         summary.first_loss.map_or("-".into(), |v| format!("{v:.4}")),
         summary.last_loss.map_or("-".into(), |v| format!("{v:.4}")),
         summary.regions_per_s,
         summary
             .model_dir
-            .map_or(String::new(), |d| format!("; student in {}", d.display()))
+            .as_ref()
+            .map_or(String::new(), |d| format!("; {what} in {}", d.display()))
     );
-    Ok(())
 }
 
 fn run_fit(a: &FitArgs) -> Result<()> {
@@ -121,16 +127,7 @@ fn run_fit(a: &FitArgs) -> Result<()> {
     } else {
         fit(opts).with_context(|| format!("training into {}", a.run.out.display()))?
     };
-    eprintln!(
-        "trained {} steps; loss {} -> {}; {:.2} regions/s{}",
-        summary.steps,
-        summary.first_loss.map_or("-".into(), |v| format!("{v:.4}")),
-        summary.last_loss.map_or("-".into(), |v| format!("{v:.4}")),
-        summary.regions_per_s,
-        summary
-            .model_dir
-            .map_or(String::new(), |d| format!("; model in {}", d.display()))
-    );
+    report("trained", "model", &summary);
     Ok(())
 }
 

@@ -107,6 +107,16 @@ fn weights(dir: &Path) -> std::collections::HashMap<String, Tensor> {
     candle_core::safetensors::load(dir.join("model/model.safetensors"), &Device::Cpu).unwrap()
 }
 
+/// One whole run of `cfg` into `out`.
+fn train(cfg: TrainConfig, out: impl AsRef<Path>) -> trainer::Result<trainer::train::FitSummary> {
+    fit(FitOptions {
+        config: cfg,
+        out: out.as_ref().to_path_buf(),
+        resume: None,
+        stop_after: None,
+    })
+}
+
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)
         .unwrap()
@@ -133,13 +143,7 @@ fn teacher_cache_gives_the_same_training_as_computing_on_the_fly() {
     let run = |name: &str, cache_line: &str| {
         let out = tmp.path().join(name);
         let cfg = distill_config(&student, cache_line);
-        fit(FitOptions {
-            config: cfg,
-            out: out.clone(),
-            resume: None,
-            stop_after: None,
-        })
-        .unwrap();
+        train(cfg, &out).unwrap();
         out
     };
     let live = run("live", "cache = false");
@@ -183,13 +187,7 @@ fn the_student_keeps_the_teachers_sam_and_selects_its_layers() {
     cfg.optim.max_steps = 1;
     cfg.optim.lr = 0.0;
     let out = tmp.path().join("s");
-    fit(FitOptions {
-        config: cfg,
-        out: out.clone(),
-        resume: None,
-        stop_after: None,
-    })
-    .unwrap();
+    train(cfg, &out).unwrap();
     let s = weights(&out);
     let t = candle_core::safetensors::load(
         common::parity_dir().join("sca_a_point_single/model.safetensors"),
@@ -239,13 +237,7 @@ fn the_student_keeps_the_teachers_sam_and_selects_its_layers() {
     cfg.optim.max_steps = 1;
     cfg.optim.lr = 0.0;
     let again = tmp.path().join("again");
-    fit(FitOptions {
-        config: cfg,
-        out: again.clone(),
-        resume: None,
-        stop_after: None,
-    })
-    .unwrap();
+    train(cfg, &again).unwrap();
     let a = weights(&again);
     assert_eq!(a.len(), s.len());
     for (k, v) in &s {
@@ -286,14 +278,6 @@ fn distill_config_errors_name_the_problem() {
     std::fs::write(&bad, wrong.to_string()).unwrap();
     let cfg = TrainConfig::for_distill("", Path::new("."), &teacher, &bad, Some("synthetic:n=4"))
         .unwrap();
-    let e = fit(FitOptions {
-        config: cfg,
-        out: tmp.path().join("o"),
-        resume: None,
-        stop_after: None,
-    })
-    .err()
-    .unwrap()
-    .to_string();
+    let e = train(cfg, tmp.path().join("o")).err().unwrap().to_string();
     assert!(e.contains("vocab_size 1000"), "{e}");
 }
