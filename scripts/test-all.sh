@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+# A one-off build gains nothing from incremental state (gigabytes in target/).
+[ -n "${CI:-}" ] && export CARGO_INCREMENTAL=0
 export SCA_PARITY_DIR="${SCA_PARITY_DIR:-$(cd .. && pwd)/shared/parity}"
 if [ ! -d "$SCA_PARITY_DIR" ]; then
   echo "error: parity fixtures not found at $SCA_PARITY_DIR (set SCA_PARITY_DIR to shared/parity)" >&2
@@ -22,3 +24,4 @@ echo "== wasm: sca-core for the browser target; the bundled model under WASI vs 
 bash scripts/wasm-check.sh
 echo "== mobile: bindings + static libraries for Android and iOS"
 bash scripts/mobile.sh
+echo "== done; build output: $(du -sh target 2>/dev/null | cut -f1)"
