@@ -6,6 +6,7 @@
 #   SCA_MODEL  model directory (default: models/sca-shapes, the bundled model)
 #   SCA_BIN    a prebuilt `sca-server` or `sca` binary to run instead of `cargo run --release`
 #              (`sca` gets the `serve` subcommand)
+#   SCA_SKIP_WEB=1  do not (re)build the page in web/dist
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The click-to-caption page (web/dist: the npm package sca-wasm + web/), served at /.
+if [ -z "${SCA_SKIP_WEB:-}" ]; then
+  bash scripts/setup-web.sh
+  bash scripts/build-web.sh
 fi
 
 # ONNX Runtime for the image encoder; without it the server uses the candle encoder.

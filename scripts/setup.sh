@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: OpenBLAS (fast sgemm for the native CPU path), unzip/python for METEOR data.
-APT_PACKAGES=(libopenblas-dev pkg-config)
+# Debian packages: OpenBLAS (fast sgemm for the native CPU path); the browser tests' Chromium;
+# lavapipe (Vulkan on the CPU) for the native WebGPU encoder tests.
+APT_PACKAGES=(libopenblas-dev pkg-config chromium mesa-vulkan-drivers)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -21,18 +22,8 @@ fi
 for c in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
 done
-# WebAssembly targets: the browser's (sca-core must build for it) and WASI (scripts/wasm-check.sh
-# runs the model under Node's WASI).
-for t in wasm32-unknown-unknown wasm32-wasip1; do
-  rustup target list --installed 2>/dev/null | grep -qx "$t" || rustup target add "$t"
-done
-# Node.js runs the WASI build.
-if ! command -v node >/dev/null; then
-  echo "setup: apt-get install nodejs"
-  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs >/dev/null
-fi
+# The browser build: wasm targets, Node.js, wasm-bindgen-cli, the npm tools.
+bash scripts/setup-web.sh
 
 # METEOR 1.5 data (WordNet synonyms, paraphrase table, function words) for sca-metrics.
 if [ -f scripts/setup-meteor.sh ]; then

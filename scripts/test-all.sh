@@ -22,6 +22,8 @@ cargo build -p sca-uniffi-bindgen
 cargo test --workspace
 echo "== wasm: sca-core for the browser target; the bundled model under WASI vs native"
 bash scripts/wasm-check.sh
+echo "== browser: the npm package and the page in headless Chromium"
+bash scripts/test-browser.sh
 echo "== mobile: bindings + static libraries for Android and iOS"
 bash scripts/mobile.sh
 echo "== done; build output: $(du -sh target 2>/dev/null | cut -f1)"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# sca-core in WebAssembly: builds the `region` example for wasm32-wasip1, runs it under Node's
+# sca-core in WebAssembly (the browser build itself is scripts/build-npm.sh's): builds the
+# `region` example for wasm32-wasip1, runs it under Node's
 # WASI on the bundled model (q8_0 decoder: quantized matmuls) and natively, and requires the
 # the same caption tokens, masks with IoU >= 0.99 between the two (the threshold of the browser
 # tests) and predicted IoU within 0.01 (the wasm build has no AVX: quantized dot products round
@@ -9,7 +10,6 @@ cd "$(dirname "$0")/.."
 command -v node >/dev/null || { echo "error: node not found (bash scripts/setup.sh installs it)" >&2; exit 1; }
 rustup target list --installed | grep -qx wasm32-wasip1 || {
   echo "error: rust target wasm32-wasip1 missing: rustup target add wasm32-wasip1" >&2; exit 1; }
-cargo check -p sca-core --target wasm32-unknown-unknown
 cargo build --release -p sca-core --example region --target wasm32-wasip1
 cargo build --release -p sca-core --example region
 root="$(pwd)"

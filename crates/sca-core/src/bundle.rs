@@ -325,11 +325,13 @@ impl Bundle {
         for name in manifest.files.keys() {
             files.insert(name.clone(), read_file(&dir.join(name))?);
         }
-        Self::checked(manifest, files, dir)
+        Self::checked(manifest, files, dir, false)
     }
 
     /// A bundle from in-memory files (e.g. fetched by a browser), checked like
-    /// [`Bundle::from_dir`]. `files` maps the manifest's file names to their bytes.
+    /// [`Bundle::from_dir`]. `files` maps the manifest's file names to their bytes; the
+    /// required files must be there, optional ones (`encoder.onnx`, which a browser never
+    /// fetches) may be left out.
     pub fn from_bytes(manifest: &[u8], files: HashMap<String, Vec<u8>>) -> Result<Bundle> {
         let origin = Path::new("<bundle>");
         let manifest = parse_manifest(manifest, &origin.join(MANIFEST))?;
@@ -337,13 +339,14 @@ impl Bundle {
             .into_iter()
             .map(|(k, v)| (k, FileBytes::Owned(v)))
             .collect();
-        Self::checked(manifest, files, origin)
+        Self::checked(manifest, files, origin, true)
     }
 
     fn checked(
         manifest: Manifest,
         files: HashMap<String, FileBytes>,
         origin: &Path,
+        in_memory: bool,
     ) -> Result<Bundle> {
         for name in REQUIRED_FILES {
             if !manifest.files.contains_key(name) {
@@ -355,9 +358,11 @@ impl Bundle {
         }
         for (name, entry) in &manifest.files {
             let path = origin.join(name);
-            let bytes = files
-                .get(name)
-                .ok_or_else(|| berr(&path, "missing (listed in the manifest)"))?;
+            let bytes = match files.get(name) {
+                Some(b) => b,
+                None if in_memory && !REQUIRED_FILES.contains(&name.as_str()) => continue,
+                None => return Err(berr(&path, "missing (listed in the manifest)")),
+            };
             if bytes.len() as u64 != entry.bytes {
                 let hint = if (bytes.len() as u64) < entry.bytes {
                     " (truncated?)"

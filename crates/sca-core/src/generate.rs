@@ -4,7 +4,7 @@
 
 use candle_core::{Result, Tensor, D};
 
-use crate::gpt2::Gpt2;
+use crate::gpt2::{Gpt2, KvCache};
 use crate::trace::Trace;
 
 /// How to decode a caption.
@@ -85,44 +85,111 @@ fn greedy(
     eos: u32,
     on_token: &mut OnToken,
 ) -> Result<Vec<Vec<u32>>> {
-    let b = prefix.dim(0)?;
-    let mut out = vec![Vec::new(); b];
-    if max_new == 0 || b == 0 {
-        return Ok(out);
-    }
-    let mut cache = lm.new_cache();
-    let mut trace = Trace::default();
-    // `alive[i]` = original index of the i-th row still decoding
-    let mut alive: Vec<usize> = (0..b).collect();
-    let h = lm.forward_embeds(prefix, None, &mut cache, "", &mut trace)?;
-    let mut logits = lm.last_logits(&h)?;
-    for _step in 0..max_new {
-        let next = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-        let mut keep = Vec::with_capacity(alive.len());
-        for (row, (&seq, &tok)) in alive.iter().zip(&next).enumerate() {
-            out[seq].push(tok);
+    let mut steps = GreedySteps::new(lm, prefix, max_new, eos)?;
+    loop {
+        let new = steps.step(lm)?;
+        if new.is_empty() {
+            break;
+        }
+        for (k, &(seq, tok)) in new.iter().enumerate() {
             if !on_token(seq, tok) {
-                return Ok(out);
+                // Rows after the cancelling one never saw this step's token: drop it.
+                for &(later, _) in &new[k + 1..] {
+                    steps.out[later].pop();
+                }
+                return Ok(steps.into_tokens());
             }
-            if tok != eos {
+        }
+    }
+    Ok(steps.into_tokens())
+}
+
+/// Greedy decoding one step at a time: for callers that must return to an event loop between
+/// tokens (a browser worker that cancels a caption when a new click arrives).
+///
+/// ```no_run
+/// # fn f(lm: &sca_core::gpt2::Gpt2, prefix: &candle_core::Tensor) -> candle_core::Result<()> {
+/// use sca_core::generate::GreedySteps;
+/// let mut steps = GreedySteps::new(lm, prefix, 20, 50256)?;
+/// loop {
+///     let new = steps.step(lm)?; // (sequence, token) pairs, empty when every row is done
+///     if new.is_empty() { break; }
+/// }
+/// let tokens = steps.into_tokens();
+/// # Ok(()) }
+/// ```
+pub struct GreedySteps {
+    cache: KvCache,
+    /// Logits of the next token per alive row; `None` once decoding has ended.
+    logits: Option<Tensor>,
+    /// `alive[i]` = original index of the i-th row still decoding
+    alive: Vec<usize>,
+    out: Vec<Vec<u32>>,
+    max_new: usize,
+    eos: u32,
+}
+
+impl GreedySteps {
+    /// Runs the LM over `prefix` (B, P, D); no token is chosen yet.
+    pub fn new(lm: &Gpt2, prefix: &Tensor, max_new: usize, eos: u32) -> Result<Self> {
+        let b = prefix.dim(0)?;
+        let mut cache = lm.new_cache();
+        let logits = if max_new == 0 || b == 0 {
+            None
+        } else {
+            let h = lm.forward_embeds(prefix, None, &mut cache, "", &mut Trace::default())?;
+            Some(lm.last_logits(&h)?)
+        };
+        Ok(Self {
+            cache,
+            logits,
+            alive: (0..b).collect(),
+            out: vec![Vec::new(); b],
+            max_new,
+            eos,
+        })
+    }
+
+    /// Chooses the next token of every unfinished row and runs the LM on them; returns the
+    /// (row, token) pairs chosen, empty when decoding has ended (EOS everywhere or the limit).
+    pub fn step(&mut self, lm: &Gpt2) -> Result<Vec<(usize, u32)>> {
+        let Some(logits) = self.logits.take() else {
+            return Ok(Vec::new());
+        };
+        let next = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let mut keep = Vec::with_capacity(self.alive.len());
+        let mut chosen = Vec::with_capacity(self.alive.len());
+        for (row, (&seq, &tok)) in self.alive.iter().zip(&next).enumerate() {
+            self.out[seq].push(tok);
+            chosen.push((seq, tok));
+            if tok != self.eos {
                 keep.push(row);
             }
         }
-        if keep.is_empty() || out[alive[0]].len() >= max_new {
-            break;
+        if keep.is_empty() || self.out[self.alive[0]].len() >= self.max_new {
+            return Ok(chosen);
         }
         let tokens: Vec<u32> = keep.iter().map(|&r| next[r]).collect();
-        if keep.len() != alive.len() {
+        if keep.len() != self.alive.len() {
             let idx: Vec<u32> = keep.iter().map(|&r| r as u32).collect();
-            cache.select(&idx)?;
-            alive = keep.iter().map(|&r| alive[r]).collect();
+            self.cache.select(&idx)?;
+            self.alive = keep.iter().map(|&r| self.alive[r]).collect();
         }
-        let ids = Tensor::from_vec(tokens, (alive.len(), 1), prefix.device())?;
+        let ids = Tensor::from_vec(tokens, (self.alive.len(), 1), logits.device())?;
         let emb = lm.embed_tokens(&ids)?;
-        let h = lm.forward_embeds(&emb, None, &mut cache, "", &mut trace)?;
-        logits = lm.last_logits(&h)?;
+        let h = lm.forward_embeds(&emb, None, &mut self.cache, "", &mut Trace::default())?;
+        self.logits = Some(lm.last_logits(&h)?);
+        Ok(chosen)
     }
-    Ok(out)
+
+    /// Tokens decoded so far, per row (with the EOS when one was generated).
+    pub fn tokens(&self) -> &[Vec<u32>] {
+        &self.out
+    }
+
+    pub fn into_tokens(self) -> Vec<Vec<u32>> {
+        self.out
+    }
 }
 
 /// Finished hypotheses of one sequence (HF `BeamHypotheses`).

@@ -20,6 +20,7 @@ pub mod sam;
 pub mod tokenizer;
 pub mod trace;
 pub mod weights;
+pub mod wire;
 
 pub use error::{Error, Result};
 pub use generate::Decode;

@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::{GenerationConfig, ScaConfig};
-use crate::generate::{generate, Decode};
+use crate::generate::{generate, Decode, GreedySteps};
 use crate::gpt2::Gpt2;
 use crate::image::{Preprocessed, PreprocessorConfig};
 use crate::masks;
@@ -14,7 +14,7 @@ use crate::mixer::{Mixer, Task};
 use crate::sam::image_encoder::ImageEncoder;
 use crate::sam::mask_decoder::{to_tokens, DecoderOutput, MaskDecoder};
 use crate::sam::prompt_encoder::{label, PromptEncoder, ScaledPrompt};
-use crate::tokenizer::{DecodeStream, Tokenizer};
+use crate::tokenizer::{DecodeState, DecodeStream, Tokenizer};
 use crate::trace::Trace;
 use crate::weights::Weights;
 use crate::{Error, Result};
@@ -553,6 +553,60 @@ impl Sca {
         if prompts.is_empty() {
             return Ok(Vec::new());
         }
+        let (mut regions, prefix) = self.decode_regions(emb, prompts, trace)?;
+        let eos = self.generation.eos_token_id;
+        let tokens = generate(&self.model.lm, &prefix, decode, eos, on_token)?;
+        for (region, toks) in regions.iter_mut().zip(tokens) {
+            region.caption = self.tokenizer.decode_caption(&toks)?;
+            region.tokens = toks;
+        }
+        Ok(regions)
+    }
+
+    /// Masks first, caption later: the prompt's masks and IoU (the region's caption and tokens
+    /// still empty) and a greedy decoder over its caption that runs one token per call.
+    ///
+    /// ```no_run
+    /// # fn f(sca: &sca_core::Sca, emb: &sca_core::ImageEmbedding, p: &sca_core::Prompt) -> sca_core::Result<()> {
+    /// let (mut region, mut steps) = sca.begin_caption(emb, p, 20)?;
+    /// // draw region.masks here, then:
+    /// while let Some(piece) = steps.next(sca)? {
+    ///     print!("{piece}");
+    /// }
+    /// steps.finish(sca, &mut region)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn begin_caption(
+        &self,
+        emb: &ImageEmbedding,
+        prompt: &Prompt,
+        max_new_tokens: usize,
+    ) -> Result<(Region, CaptionSteps)> {
+        let (mut regions, prefix) =
+            self.decode_regions(emb, std::slice::from_ref(prompt), &mut Trace::default())?;
+        let steps = GreedySteps::new(
+            &self.model.lm,
+            &prefix,
+            max_new_tokens,
+            self.generation.eos_token_id,
+        )?;
+        Ok((
+            regions.remove(0),
+            CaptionSteps {
+                steps,
+                text: DecodeState::default(),
+            },
+        ))
+    }
+
+    /// Prompt encoder, mask decoder and mixer for every prompt: regions with masks, IoU and box
+    /// (caption empty) and the LM prefixes (M, P, D) in prompt order.
+    fn decode_regions(
+        &self,
+        emb: &ImageEmbedding,
+        prompts: &[Prompt],
+        trace: &mut Trace,
+    ) -> Result<(Vec<Region>, Tensor)> {
         let scaled = prompts
             .iter()
             .map(|p| self.scale_prompt(emb, p))
@@ -595,14 +649,14 @@ impl Sca {
                 .collect::<Vec<_>>(),
             0,
         )?;
-        let eos = self.generation.eos_token_id;
-        let tokens = generate(&self.model.lm, &prefix, decode, eos, on_token)?;
         let g4 = self.model.config.vision_config.grid_size() * 4;
         let pad = self.preprocessor.pad_size;
         let (h, w) = emb.original_size;
         let mut regions = Vec::with_capacity(prompts.len());
-        for (i, toks) in tokens.into_iter().enumerate() {
-            let (planes, iou) = decoded[i].take().expect("decoded");
+        for (planes, iou) in decoded
+            .into_iter()
+            .map(|d| d.expect("every prompt decoded"))
+        {
             let mut masks_out = Vec::with_capacity(planes.len());
             let mut logits_out = Vec::with_capacity(planes.len());
             for plane in &planes {
@@ -628,16 +682,49 @@ impl Sca {
                 .map(|(i, _)| i)
                 .unwrap_or(0);
             let box_ = masks::mask_to_box(&masks_out[best].data, h, w);
-            let caption = self.tokenizer.decode_caption(&toks)?;
             regions.push(Region {
                 masks: masks_out,
                 mask_logits: logits_out,
                 iou,
-                caption,
-                tokens: toks,
+                caption: String::new(),
+                tokens: Vec::new(),
                 box_,
             });
         }
-        Ok(regions)
+        Ok((regions, prefix))
+    }
+}
+
+/// A caption being decoded token by token (see [`Sca::begin_caption`]).
+pub struct CaptionSteps {
+    steps: GreedySteps,
+    text: DecodeState,
+}
+
+impl CaptionSteps {
+    /// Decodes one more token; returns the text it completed (possibly empty: text is held back
+    /// until final, see [`DecodeStream`]), or `None` when the caption has ended.
+    pub fn next(&mut self, sca: &Sca) -> Result<Option<String>> {
+        let new = self.steps.step(&sca.model.lm)?;
+        let Some(&(_, tok)) = new.first() else {
+            return Ok(None);
+        };
+        Ok(Some(
+            self.text.push(&sca.tokenizer, tok)?.unwrap_or_default(),
+        ))
+    }
+
+    /// Tokens decoded so far (with the EOS when one was generated).
+    pub fn tokens(&self) -> &[u32] {
+        &self.steps.tokens()[0]
+    }
+
+    /// Ends decoding (early, to cancel, or after `next` returned `None`): fills the region's
+    /// caption and tokens and returns the text still held back, if any.
+    pub fn finish(self, sca: &Sca, region: &mut Region) -> Result<Option<String>> {
+        let tokens = self.steps.into_tokens().remove(0);
+        region.caption = sca.tokenizer.decode_caption(&tokens)?;
+        region.tokens = tokens;
+        self.text.finish()
     }
 }

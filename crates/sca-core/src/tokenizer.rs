@@ -360,6 +360,33 @@ fn strip(e: Error) -> String {
 /// ```
 pub struct DecodeStream<'a> {
     tok: &'a Tokenizer,
+    state: DecodeState,
+}
+
+impl<'a> DecodeStream<'a> {
+    /// A stream over `tok` with the caption settings (skip special tokens, clean up).
+    pub fn new(tok: &'a Tokenizer) -> Self {
+        DecodeStream {
+            tok,
+            state: DecodeState::default(),
+        }
+    }
+
+    /// Adds one id; returns the text that became final, if any.
+    pub fn push(&mut self, id: u32) -> Result<Option<String>> {
+        self.state.push(self.tok, id)
+    }
+
+    /// Ends the stream and returns the text still held back, if any.
+    pub fn finish(self) -> Result<Option<String>> {
+        self.state.finish()
+    }
+}
+
+/// The state of a [`DecodeStream`] without the borrowed tokenizer, for callers that must own
+/// it across calls (a browser worker decoding one token per event-loop turn).
+#[derive(Debug, Clone, Default)]
+pub struct DecodeState {
     /// Bytes of an incomplete UTF-8 sequence at the end.
     bytes: Vec<u8>,
     /// Decoded text not yet emitted (not yet cleaned up).
@@ -368,20 +395,10 @@ pub struct DecodeStream<'a> {
     tail: String,
 }
 
-impl<'a> DecodeStream<'a> {
-    /// A stream over `tok` with the caption settings (skip special tokens, clean up).
-    pub fn new(tok: &'a Tokenizer) -> Self {
-        DecodeStream {
-            tok,
-            bytes: Vec::new(),
-            pending: String::new(),
-            tail: String::new(),
-        }
-    }
-
-    /// Adds one id; returns the text that became final, if any.
-    pub fn push(&mut self, id: u32) -> Result<Option<String>> {
-        let Some(b) = self.tok.token_bytes(id)? else {
+impl DecodeState {
+    /// Adds one id decoded with `tok`; returns the text that became final, if any.
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<Option<String>> {
+        let Some(b) = tok.token_bytes(id)? else {
             return Ok(None);
         };
         self.bytes.extend(b);

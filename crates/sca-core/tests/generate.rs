@@ -234,3 +234,48 @@ fn loss_of_one_batch_matches_the_official_loss() {
         );
     }
 }
+
+/// `begin_caption` + `CaptionSteps` (the browser's one-token-per-turn decoding) give the masks,
+/// IoU, tokens and caption of `predict`, and the pieces concatenate to the caption.
+#[test]
+fn stepwise_caption_equals_predict() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/sca-shapes");
+    let sca = sca_core::Sca::load(&root, Device::Cpu).expect("bundled model");
+    let img = sca_core::image::load_image(&root.join("examples/shapes-777-0.png")).unwrap();
+    let emb = sca.embed(&img).unwrap();
+    let prompt = sca_core::Prompt {
+        box_: Some([148.0, 114.0, 225.0, 191.0]),
+        multimask: true,
+        ..Default::default()
+    };
+    let want = sca
+        .predict(&emb, &prompt, &Decode::Greedy { max_new_tokens: 20 })
+        .unwrap();
+    let (mut region, mut steps) = sca.begin_caption(&emb, &prompt, 20).unwrap();
+    assert_eq!(region.masks, want.masks);
+    assert_eq!(region.iou, want.iou);
+    assert!(region.caption.is_empty() && region.tokens.is_empty());
+    let mut text = String::new();
+    let mut n = 0;
+    while let Some(piece) = steps.next(&sca).unwrap() {
+        text.push_str(&piece);
+        n += 1;
+    }
+    assert_eq!(
+        steps.next(&sca).unwrap(),
+        None,
+        "an ended caption stays ended"
+    );
+    text.extend(steps.finish(&sca, &mut region).unwrap());
+    assert_eq!(n, want.tokens.len());
+    assert_eq!(region.tokens, want.tokens);
+    assert_eq!(region.caption, want.caption);
+    assert_eq!(text, want.caption);
+
+    // Cancelling after two tokens keeps them.
+    let (mut region, mut steps) = sca.begin_caption(&emb, &prompt, 20).unwrap();
+    steps.next(&sca).unwrap();
+    steps.next(&sca).unwrap();
+    steps.finish(&sca, &mut region).unwrap();
+    assert_eq!(region.tokens, want.tokens[..2]);
+}

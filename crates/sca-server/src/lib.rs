@@ -29,7 +29,7 @@ pub mod error;
 pub mod metrics;
 pub mod queue;
 pub mod request;
-pub mod wire;
+pub use sca_core::wire;
 
 pub use app::{check_image_header, default_web_dir, run, Server, WebRoot, BUILTIN_PAGE};
 pub use config::{EncoderChoice, ExecutionProvider, ServerConfig};

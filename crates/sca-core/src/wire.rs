@@ -82,7 +82,7 @@ fn parse_size(s: &str) -> Option<(usize, usize)> {
 /// Writes the safetensors bytes for `data` (row-major, `shape`).
 ///
 /// ```
-/// use sca_server::wire::{decode, encode, WireDType};
+/// use sca_core::wire::{decode, encode, WireDType};
 /// let meta = [("original_size".to_string(), "3,4".to_string())].into();
 /// let bytes = encode(&[1.0, -2.5], &[1, 2], WireDType::F16, &meta);
 /// let back = decode(&bytes).unwrap();
