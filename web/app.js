@@ -413,14 +413,19 @@ const maskOf = (rle) => ({ height: rle.size[0], width: rle.size[1], data: rleDec
 
 function addRegion(region) {
   const color = colorOf(regions.length);
-  const entry = { region, color, canvas: maskCanvas(maskOf(region.segmentation), color) };
-  regions.push(entry);
   const li = document.createElement('li');
   li.style.setProperty('--swatch', color);
-  const iouText = region.predicted_iou == null ? '' : ` (IoU ${region.predicted_iou.toFixed(2)})`;
-  li.textContent = `${region.caption || '(no caption)'}${iouText}`;
+  const entry = { region, color, li, canvas: maskCanvas(maskOf(region.segmentation), color) };
+  regions.push(entry);
+  showRegionText(entry);
   regionsEl.append(li);
   draw();
+  return entry;
+}
+
+function showRegionText({ region, li }) {
+  const iouText = region.predicted_iou == null ? '' : ` (IoU ${region.predicted_iou.toFixed(2)})`;
+  li.textContent = `${region.caption || '(captioning…)'}${iouText}`;
 }
 
 function clearRegions() {
@@ -441,9 +446,12 @@ async function captionEverything(opts = { pointsPerSide: 16, beams: 1 }) {
   setStatus('busy', 'captioning everything…');
   try {
     const t0 = performance.now();
-    const all = await sca.anything(opts, (region) => {
+    // Masks arrive first (phase 'mask'), then each region's caption (phase 'caption').
+    const byIndex = new Map();
+    const all = await sca.anything(opts, (region, { index, phase }) => {
       if (id !== imageId) return;
-      addRegion(region);
+      if (phase === 'mask') byIndex.set(index, addRegion(region));
+      else if (byIndex.has(index)) showRegionText(byIndex.get(index));
       setStatus('busy', `captioning everything… ${regions.length} regions`);
     });
     if (id !== imageId) return all;

@@ -34,8 +34,15 @@ const PAGE = `<!doctype html>
     const first = sca.caption({ box: [10, 10, 120, 120] }, { maxNewTokens: 19 });
     const second = sca.caption(prompt, { maxNewTokens: 19 });
     const [c1, c2] = await Promise.all([first.done, second.done]);
+    // Bad input: JS errors with a message (no panic escapes; the session keeps working).
+    const errors = [];
+    for (const bad of [{ points: [{ x: -5, y: 1e9 }] }, {}, { points: [{ x: 1, y: 1, label: 7 }] }, { box: [1, 2] }]) {
+      errors.push(await sca.segment(bad).then(() => 'no error', (e) => e.message));
+    }
+    errors.push(await sca.setImage(new Uint8Array([1, 2, 3])).then(() => 'no error', (e) => e.message));
+    const after = (await sca.segment(prompt)).masks.length;
     window.result = { width, height, pieces, caption: done.caption, tokens: done.tokens,
-      masks: seg.masks.length, cancelled: [c1.cancelled, c2.cancelled], second: c2.caption, phases: [...new Set(events)], coco, backend: sca.backend };
+      masks: seg.masks.length, cancelled: [c1.cancelled, c2.cancelled], second: c2.caption, errors, after, phases: [...new Set(events)], coco, backend: sca.backend };
     out.textContent = JSON.stringify(window.result, null, 1);
   } catch (e) {
     window.result = { error: e.message };
@@ -78,6 +85,12 @@ test('npm pack tarball installs into a fresh project and works there', async (t)
     assert.equal(r.backend, 'cpu');
     assert.deepEqual(r.cancelled, [true, false], 'the newer caption cancels the older');
     assert.equal(r.second, want.caption);
+    t.diagnostic(`errors: ${JSON.stringify(r.errors)}`);
+    assert.equal(r.errors.length, 5);
+    for (const e of r.errors) assert.ok(e !== 'no error' && e.length > 10, `bad input gave: ${e}`);
+    assert.match(r.errors[0], /invalid prompt/);
+    assert.match(r.errors[2], /label 7/);
+    assert.match(r.errors[4], /image/);
   } finally {
     site?.close();
     await browser.close();

@@ -553,7 +553,8 @@ impl Sca {
         if prompts.is_empty() {
             return Ok(Vec::new());
         }
-        let (mut regions, prefix) = self.decode_regions(emb, prompts, trace)?;
+        let (mut regions, prefix) = self.decode_regions(emb, prompts, true, trace)?;
+        let prefix = prefix.expect("decode_regions with prefix");
         let eos = self.generation.eos_token_id;
         let tokens = generate(&self.model.lm, &prefix, decode, eos, on_token)?;
         for (region, toks) in regions.iter_mut().zip(tokens) {
@@ -582,8 +583,13 @@ impl Sca {
         prompt: &Prompt,
         max_new_tokens: usize,
     ) -> Result<(Region, CaptionSteps)> {
-        let (mut regions, prefix) =
-            self.decode_regions(emb, std::slice::from_ref(prompt), &mut Trace::default())?;
+        let (mut regions, prefix) = self.decode_regions(
+            emb,
+            std::slice::from_ref(prompt),
+            true,
+            &mut Trace::default(),
+        )?;
+        let prefix = prefix.expect("decode_regions with prefix");
         let steps = GreedySteps::new(
             &self.model.lm,
             &prefix,
@@ -599,14 +605,23 @@ impl Sca {
         ))
     }
 
-    /// Prompt encoder, mask decoder and mixer for every prompt: regions with masks, IoU and box
-    /// (caption empty) and the LM prefixes (M, P, D) in prompt order.
+    /// Masks only: prompt encoder and mask decoder (the mixer and the LM do not run); the
+    /// regions' captions and tokens are empty. What a click shows before its caption.
+    pub fn segment(&self, emb: &ImageEmbedding, prompts: &[Prompt]) -> Result<Vec<Region>> {
+        Ok(self
+            .decode_regions(emb, prompts, false, &mut Trace::default())?
+            .0)
+    }
+
+    /// Prompt encoder, mask decoder and (with `prefix`) the mixer for every prompt: regions with
+    /// masks, IoU and box (caption empty) and the LM prefixes (M, P, D) in prompt order.
     fn decode_regions(
         &self,
         emb: &ImageEmbedding,
         prompts: &[Prompt],
+        prefix: bool,
         trace: &mut Trace,
-    ) -> Result<(Vec<Region>, Tensor)> {
+    ) -> Result<(Vec<Region>, Option<Tensor>)> {
         let scaled = prompts
             .iter()
             .map(|p| self.scale_prompt(emb, p))
@@ -627,28 +642,40 @@ impl Sca {
         let mut prefixes: Vec<Option<Tensor>> = vec![None; prompts.len()];
         for ((_, multimask), idx) in &groups {
             let group: Vec<ScaledPrompt> = idx.iter().map(|&i| scaled[i].clone()).collect();
-            let out = self
+            let decoder = self
                 .model
-                .decode_prompts(&emb.embedding, &group, *multimask, trace)?;
-            let (m, k, lh, lw) = out.decoder.masks.dims4()?;
-            let flat = out.decoder.masks.flatten_all()?.to_vec1::<f32>()?;
-            let iou = out.decoder.iou.to_vec2::<f32>()?;
+                .decode_masks(&emb.embedding, &group, *multimask, trace)?;
+            let group_prefix = if prefix {
+                Some(
+                    self.model
+                        .caption_prefix(&decoder.queries_out, &decoder.keys_out, trace)?,
+                )
+            } else {
+                None
+            };
+            let (m, k, lh, lw) = decoder.masks.dims4()?;
+            let flat = decoder.masks.flatten_all()?.to_vec1::<f32>()?;
+            let iou = decoder.iou.to_vec2::<f32>()?;
             for (j, &i) in idx.iter().enumerate() {
                 let planes = (0..k)
                     .map(|kk| flat[(j * k + kk) * lh * lw..(j * k + kk + 1) * lh * lw].to_vec())
                     .collect();
                 decoded[i] = Some((planes, iou[j].clone()));
-                prefixes[i] = Some(out.prefix.get(j)?);
+                if let Some(p) = &group_prefix {
+                    prefixes[i] = Some(p.get(j)?);
+                }
             }
             debug_assert_eq!(m, idx.len());
         }
-        let prefix = Tensor::stack(
-            &prefixes
+        let prefix = if prefix {
+            let rows = prefixes
                 .into_iter()
                 .map(|p| p.expect("every prompt decoded"))
-                .collect::<Vec<_>>(),
-            0,
-        )?;
+                .collect::<Vec<_>>();
+            Some(Tensor::stack(&rows, 0)?)
+        } else {
+            None
+        };
         let g4 = self.model.config.vision_config.grid_size() * 4;
         let pad = self.preprocessor.pad_size;
         let (h, w) = emb.original_size;

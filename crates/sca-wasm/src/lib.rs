@@ -80,7 +80,13 @@ fn one() -> i64 {
 
 fn parse_prompt(v: JsValue) -> Result<Prompt, JsError> {
     let p: JsPrompt = serde_wasm_bindgen::from_value(v)
-        .map_err(|e| js_err(format!("invalid prompt: {e} (expected {{points: [{{x, y, label}}], box: [x1, y1, x2, y2], multimask}})")))?;
+        .map_err(|e| {
+            let e = e.to_string();
+            js_err(format!(
+                "invalid prompt: {} (expected {{points: [{{x, y, label}}], box: [x1, y1, x2, y2], multimask}})",
+                e.trim_start_matches("Error: ")
+            ))
+        })?;
     let mut points = Vec::with_capacity(p.points.len());
     for (i, q) in p.points.iter().enumerate() {
         if q.label != 0 && q.label != 1 {

@@ -63,7 +63,7 @@ impl Session {
 
     /// Decodes an encoded image (PNG, JPEG, WebP) with the same decoder as the native CLI.
     pub fn decode_image(&self, bytes: &[u8]) -> Result<image::RgbImage> {
-        sca_core::image::decode_image(bytes, "the image")
+        sca_core::image::decode_image(bytes, "bytes")
     }
 
     /// Runs the CPU encoder on an image and keeps its embedding.
@@ -135,8 +135,10 @@ impl Session {
     /// Masks and IoU only (the mixer and LM do not run).
     pub fn segment(&self, prompt: &Prompt) -> Result<Region> {
         let emb = self.embedding()?;
-        let (region, _) = self.sca.begin_caption(emb, prompt, 0)?;
-        Ok(region)
+        Ok(self
+            .sca
+            .segment(emb, std::slice::from_ref(prompt))?
+            .remove(0))
     }
 
     /// Starts a caption (cancelling any running one) and returns its masks and IoU at once.
