@@ -95,13 +95,14 @@ export async function settled(page, timeout = 120000) {
   return status.textContent();
 }
 
-/** The native CLI's answer for a point prompt (multimask, greedy, 19 tokens). */
-export function nativeCaption(image, points) {
+/** The native CLI's answer for points and/or a box (multimask, greedy, 19 tokens). */
+export function nativeCaption(image, points, box) {
   if (!fs.existsSync(SCA_BIN)) {
     throw new Error(`native sca binary missing at ${SCA_BIN}: run cargo build -p sca-cli (or set SCA_BIN)`);
   }
   const args = ['caption', image, '--model', MODEL, '--multimask', '--json'];
   for (const p of points) args.push('--point', `${p.x},${p.y},${p.label ?? 1}`);
+  if (box) args.push('--box', box.join(','));
   const r = spawnSync(SCA_BIN, args, { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`sca caption failed: ${r.stderr}`);
   return JSON.parse(r.stdout).regions[0];

@@ -39,6 +39,7 @@ before(async () => {
     '/models/sca-shapes/': MODEL,
     '/models/corrupt/': corrupt,
     '/images/': images,
+    '/examples/': path.join(MODEL, 'examples'),
   });
 });
 
@@ -84,6 +85,30 @@ test('CPU encoder: a click gives the native caption and mask', async (t) => {
   try {
     const got = await clickAndCompare(t, browser, 'encoder=cpu', 'cpu-click');
     assert.equal(got.backend, 'cpu');
+    // Ground-truth boxes of the other example images: the same tokens, masks with IoU >= 0.99.
+    const page = await browser.ctx.newPage();
+    await page.goto(`${site.url}/?encoder=cpu`);
+    for (const [image, box] of [
+      ['shapes-777-1.png', [101, 115, 134, 148]],
+      ['shapes-777-2.png', [112, 153, 185, 226]],
+      ['shapes-777-3.png', [30, 99, 107, 175]],
+      ['shapes-777-0.png', [124, 37, 181, 95]],
+    ]) {
+      const r = await page.evaluate(
+        async ({ image, box }) => {
+          await window.scaApp.open(`/examples/${image}`);
+          const r = await window.scaApp.prompt({ box });
+          return { tokens: r.tokens, caption: r.caption, region: window.scaApp.regions.at(-1) };
+        },
+        { image, box },
+      );
+      const want = nativeCaption(path.join(MODEL, 'examples', image), [], box);
+      const best = want.iou.indexOf(Math.max(...want.iou));
+      const iou = maskIou(rleDecode(r.region.segmentation), rleDecode(want.masks[best]));
+      t.diagnostic(`${image} box ${box}: "${r.caption}" (native "${want.caption}"), mask IoU ${iou.toFixed(4)}`);
+      assert.deepEqual(r.tokens, want.tokens, `${image}: tokens differ from native`);
+      assert.ok(iou >= 0.99, `${image}: mask IoU ${iou} < 0.99`);
+    }
   } finally {
     await browser.close();
   }
