@@ -20,7 +20,14 @@ version="$(awk -F'"' '/^\[workspace.package\]/ {p=1} p && /^version/ {print $2; 
 out=target/npm/sca-wasm
 echo "== sca-wasm $version: cargo build (wasm32-unknown-unknown, release)"
 cargo build --release -p sca-wasm --target wasm32-unknown-unknown
-rm -rf "$out" && mkdir -p "$out"
+# Nothing to do when the wasm, the JS sources and the version are those of the last package.
+stamp_file=target/npm/.sca-wasm.stamp
+stamp="$(cat target/wasm32-unknown-unknown/release/sca_wasm.wasm crates/sca-wasm/js/* | sha256sum | cut -c1-64) $version"
+if [ -f "target/npm/sca-wasm-$version.tgz" ] && [ "$(cat "$stamp_file" 2>/dev/null)" = "$stamp" ]; then
+  echo "   package up to date: target/npm/sca-wasm-$version.tgz"
+  exit 0
+fi
+rm -rf "$out" "$stamp_file" && mkdir -p "$out"
 wasm-bindgen --target web --no-typescript --out-dir "$out" \
   target/wasm32-unknown-unknown/release/sca_wasm.wasm
 # binaryen from npm (tests/browser's lock file; Debian's v108 cannot parse wasm-bindgen's output).
@@ -39,3 +46,4 @@ printf '   wasm %.1f MB, package %s (%.1f MB)\n' \
   "$(echo "$(stat -c %s "$out/sca_wasm_bg.wasm") / 1000000" | bc -l)" \
   "target/npm/sca-wasm-$version.tgz" \
   "$(echo "$(stat -c %s "target/npm/sca-wasm-$version.tgz") / 1000000" | bc -l)"
+echo "$stamp" > "$stamp_file"

@@ -26,9 +26,10 @@ if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$WB" ]; then
   cargo install -q wasm-bindgen-cli --version "$WB"
 fi
 
-# playwright-core (drives /usr/bin/chromium in the browser tests) and binaryen (wasm-opt for the
-# npm package), from tests/browser's lock file.
-if [ ! -d tests/browser/node_modules/playwright-core ] || [ ! -d tests/browser/node_modules/binaryen ]; then
+# playwright-core (drives /usr/bin/chromium in the browser tests), binaryen (wasm-opt for the
+# npm package) and typescript (checks the package's types), from tests/browser's lock file.
+if [ ! -d tests/browser/node_modules/playwright-core ] || [ ! -d tests/browser/node_modules/binaryen ] \
+  || [ ! -d tests/browser/node_modules/typescript ]; then
   echo "setup: npm ci in tests/browser"
   (cd tests/browser && npm ci --silent --no-audit --no-fund)
 fi

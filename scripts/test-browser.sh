@@ -8,6 +8,8 @@ export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 [ -x /usr/bin/chromium ] || { echo "error: /usr/bin/chromium missing: run bash scripts/setup.sh (apt-get install -y chromium)" >&2; exit 1; }
 [ -d tests/browser/node_modules/playwright-core ] || {
   echo "error: playwright-core missing: run bash scripts/setup.sh (or: cd tests/browser && npm ci)" >&2; exit 1; }
+echo "== the package's TypeScript types (tsc --noEmit on tests/browser/types/usage.ts)"
+tests/browser/node_modules/.bin/tsc -p tests/browser/types
 bash scripts/build-web.sh
 cargo build -q -p sca-cli
 export SCA_BIN="$PWD/target/debug/sca"
