@@ -37,10 +37,15 @@ impl GpuEncoder {
         })
     }
 
-    /// The adapter in words, e.g. "SwiftShader (fallback adapter)".
+    /// The adapter and the weight precision in words, e.g. "webgpu (SwiftShader, fallback), f32"
+    /// (f16 weights where the adapter has `shader-f16`).
     #[wasm_bindgen(js_name = adapterInfo)]
     pub fn adapter_info(&self) -> String {
-        self.inner.adapter().label()
+        format!(
+            "{}, {}",
+            self.inner.adapter().label(),
+            self.inner.precision()
+        )
     }
 
     /// The embedding (C, g, g) of preprocessed pixels (3, S, S): a Promise of a Float32Array.

@@ -2,13 +2,15 @@
 //!
 //! ```text
 //! cargo run --release -p sca-webgpu --example bench -- \
-//!     [CONFIG.json ...] [--bundle models/sca-shapes] [--image-size S] [--runs N] [--cpu]
+//!     [CONFIG.json ...] [--bundle models/sca-shapes] [--image-size S] [--runs N] [--cpu] \
+//!     [--precision auto|f32|f16]
 //! ```
 //!
 //! CONFIG.json: a full model config (`vision_config` inside, e.g.
 //! ../shared/bench/sca-vitb-gpt2.json) or a bare vision config; it runs with random weights.
 //! `--image-size` overrides the configs' image size (random weights follow it; windowed layers
-//! keep their window). `--cpu` adds the candle encoder's time on the CPU.
+//! keep their window). `--cpu` adds the candle encoder's time on the CPU. `--precision` picks
+//! the weight precision (default auto: f16 where the adapter has shader-f16).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +18,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use sca_core::config::{ScaConfig, VisionConfig};
-use sca_webgpu::{GpuContext, GpuEncoder};
+use sca_webgpu::{GpuContext, GpuEncoder, Precision};
 
 struct Args {
     configs: Vec<PathBuf>,
@@ -24,6 +26,7 @@ struct Args {
     image_size: Option<usize>,
     runs: usize,
     cpu: bool,
+    precision: Precision,
 }
 
 fn parse_args() -> Args {
@@ -33,6 +36,7 @@ fn parse_args() -> Args {
         image_size: None,
         runs: 3,
         cpu: false,
+        precision: Precision::Auto,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -43,10 +47,18 @@ fn parse_args() -> Args {
             "--image-size" => a.image_size = Some(value("--image-size").parse().expect("size")),
             "--runs" => a.runs = value("--runs").parse().expect("runs"),
             "--cpu" => a.cpu = true,
+            "--precision" => {
+                a.precision = match value("--precision").as_str() {
+                    "auto" => Precision::Auto,
+                    "f32" => Precision::F32,
+                    "f16" => Precision::F16,
+                    other => panic!("--precision auto|f32|f16, not {other}"),
+                }
+            }
             "-h" | "--help" => {
                 eprintln!(
                     "bench [CONFIG.json ...] [--bundle DIR | --no-bundle] [--image-size S] \
-                     [--runs N] [--cpu]"
+                     [--runs N] [--cpu] [--precision auto|f32|f16]"
                 );
                 std::process::exit(0);
             }
@@ -99,7 +111,8 @@ fn bench(
         .map(|(_, t)| t.elem_count())
         .sum();
     let t = Instant::now();
-    let enc = GpuEncoder::with_context(ctx, cfg, w).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let enc = GpuEncoder::with_context_and_precision(ctx, cfg, w, args.precision)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     let load = secs(t);
     let px = pixels(3 * cfg.image_size * cfg.image_size);
     let t = Instant::now();
@@ -128,7 +141,7 @@ fn bench(
         secs(t)
     });
     Row {
-        name,
+        name: format!("{name}, {}", enc.precision()),
         size: cfg.image_size,
         params_m: params as f64 / 1e6,
         load,
@@ -141,7 +154,11 @@ fn bench(
 fn main() {
     let args = parse_args();
     let ctx = GpuContext::new_blocking().unwrap_or_else(|e| panic!("{e}"));
-    println!("adapter: {}", ctx.adapter().label());
+    println!(
+        "adapter: {} (shader-f16: {})",
+        ctx.adapter().label(),
+        ctx.adapter().shader_f16
+    );
     let mut rows = Vec::new();
     if let Some(dir) = &args.bundle {
         let bundle = sca_core::bundle::Bundle::from_dir(dir).expect("bundle");

@@ -17,6 +17,9 @@ pub struct AdapterSummary {
     pub device_type: String,
     /// Driver name and version when the backend reports them.
     pub driver: String,
+    /// The device was opened with `shader-f16` ([`wgpu::Features::SHADER_F16`]), so encoders
+    /// on it may run [`crate::Precision::F16`].
+    pub shader_f16: bool,
 }
 
 impl AdapterSummary {
@@ -33,6 +36,7 @@ impl AdapterSummary {
                 .copied()
                 .collect::<Vec<_>>()
                 .join(" "),
+            shader_f16: false,
         }
     }
 
@@ -60,9 +64,20 @@ pub struct GpuContext {
 
 impl GpuContext {
     /// Picks an adapter (a hardware one if any, else a fallback such as lavapipe or
-    /// SwiftShader) and opens a device with the adapter's full limits. `WGPU_BACKEND` (native)
+    /// SwiftShader) and opens a device with the adapter's full limits and, where the adapter
+    /// offers it, `shader-f16` (see [`AdapterSummary::shader_f16`]). `WGPU_BACKEND` (native)
     /// restricts the backends.
     pub async fn new() -> Result<Self> {
+        Self::open(true).await
+    }
+
+    /// [`GpuContext::new`] without `shader-f16` even where the adapter has it: a device like
+    /// SwiftShader's, on which encoders run f32 only.
+    pub async fn new_f32_only() -> Result<Self> {
+        Self::open(false).await
+    }
+
+    async fn open(want_f16: bool) -> Result<Self> {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let mut tried = Vec::new();
@@ -83,11 +98,16 @@ impl GpuContext {
             }
         }
         let adapter = adapter.ok_or_else(|| Error::NoAdapter(tried.join("; ")))?;
-        let info = AdapterSummary::from_info(&adapter.get_info());
+        let mut info = AdapterSummary::from_info(&adapter.get_info());
+        // optional: SwiftShader has no `shader-f16`, and every kernel has an f32 form
+        let features = if want_f16 {
+            adapter.features() & wgpu::Features::SHADER_F16
+        } else {
+            wgpu::Features::empty()
+        };
         let desc = wgpu::DeviceDescriptor {
             label: Some("sca-webgpu"),
-            // f32 kernels only: SwiftShader has no `shader-f16`.
-            required_features: wgpu::Features::empty(),
+            required_features: features,
             required_limits: adapter.limits(),
             ..Default::default()
         };
@@ -99,6 +119,7 @@ impl GpuContext {
                     adapter: info.label(),
                     msg: e.to_string(),
                 })?;
+        info.shader_f16 = device.features().contains(wgpu::Features::SHADER_F16);
         Ok(Self {
             device,
             queue,
@@ -155,6 +176,20 @@ impl GpuContext {
                 usage: wgpu::BufferUsages::STORAGE
                     | wgpu::BufferUsages::COPY_SRC
                     | wgpu::BufferUsages::COPY_DST,
+            }))
+    }
+
+    /// A read-only storage buffer of f16 values (bit patterns), padded to whole 4-byte words.
+    pub(crate) fn storage_init_f16(&self, name: &str, data: &[u16]) -> Result<wgpu::Buffer> {
+        let mut words = data.to_vec();
+        words.resize(data.len().div_ceil(2).max(1) * 2, 0);
+        self.check_size(name, 2 * words.len() as u64)?;
+        Ok(self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(name),
+                contents: bytemuck::cast_slice(&words),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             }))
     }
 

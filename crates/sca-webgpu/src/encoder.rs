@@ -11,7 +11,55 @@ use sca_core::config::VisionConfig;
 use crate::context::{gpu_err, AdapterSummary, GpuContext};
 use crate::error::{Error, Result};
 use crate::kernels::{self, AttnGeom, Epilogue, Kernels, MatmulDims, Step};
-use crate::weights::{conv3x3_taps, Weights};
+use crate::weights::{conv3x3_taps, to_f16, Weights};
+
+/// The storage precision of the encoder's weight matrices (the matmul weights of qkv, proj and
+/// the MLP, the patch embedding and the neck convolutions). Activations, biases, norms,
+/// position tables and accumulation are f32 in every precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// [`Precision::F16`] where the device has `shader-f16`, else [`Precision::F32`]. The
+    /// default of [`GpuEncoder::new`] and [`GpuEncoder::with_context`].
+    #[default]
+    Auto,
+    /// f32 weights: runs everywhere (SwiftShader included); the reference-exact path (within
+    /// 1e-3 of the max output magnitude).
+    F32,
+    /// f16 weights (half the memory and bandwidth), read with `enable f16;` and widened to f32
+    /// in the matmul: within 2e-3 of the max output magnitude. Needs `shader-f16`
+    /// ([`crate::AdapterSummary::shader_f16`]); without it, [`Error::MissingFeature`].
+    F16,
+}
+
+impl Precision {
+    /// `auto`, `f32` or `f16`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Auto => "auto",
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        }
+    }
+
+    /// What this asks for on `ctx`: F32 or F16, never Auto.
+    fn resolve(self, ctx: &GpuContext) -> Result<Precision> {
+        let f16 = ctx.adapter().shader_f16;
+        match self {
+            Precision::Auto if f16 => Ok(Precision::F16),
+            Precision::Auto | Precision::F32 => Ok(Precision::F32),
+            Precision::F16 if f16 => Ok(Precision::F16),
+            Precision::F16 => Err(Error::MissingFeature {
+                adapter: ctx.adapter().label(),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// The SAM ViT image encoder (`vision_encoder.*`) on WebGPU.
 ///
@@ -23,7 +71,8 @@ use crate::weights::{conv3x3_taps, Weights};
 /// let bundle = Bundle::from_dir("models/sca-shapes".as_ref())?;
 /// let cfg = bundle.config()?.vision_config;
 /// let enc = GpuEncoder::new_blocking(&cfg, &bundle.encoder_tensors()?)?;
-/// println!("running on {}", enc.adapter().label()); // e.g. "vulkan (llvmpipe ..., fallback)"
+/// // e.g. "vulkan (llvmpipe ..., fallback), f16"
+/// println!("running on {}, {}", enc.adapter().label(), enc.precision());
 /// let s = cfg.image_size;
 /// let pixels = vec![0f32; 3 * s * s]; // preprocessed (3, S, S), see sca_core::image
 /// let emb = enc.embed_blocking(&pixels)?; // (C_out, S/16, S/16) row-major
@@ -37,6 +86,7 @@ use crate::weights::{conv3x3_taps, Weights};
 pub struct GpuEncoder {
     ctx: GpuContext,
     cfg: VisionConfig,
+    precision: Precision,
     steps: Vec<Step>,
     pixels: wgpu::Buffer,
     pos_embed: Option<wgpu::Buffer>,
@@ -90,15 +140,30 @@ fn check_config(cfg: &VisionConfig) -> Result<()> {
 }
 
 impl GpuEncoder {
-    /// Opens a device on the best adapter ([`GpuContext::new`]) and uploads the encoder.
+    /// Opens a device on the best adapter ([`GpuContext::new`]) and uploads the encoder with
+    /// [`Precision::Auto`]: f16 weights where the device has `shader-f16`, else f32 (see
+    /// [`GpuEncoder::precision`]).
     ///
     /// `weights` holds the official keys (`vision_encoder.patch_embed.projection.weight`, ...)
     /// as CPU tensors of any float dtype: [`sca_core::bundle::Bundle::encoder_tensors`], or a
     /// checkpoint's `model.safetensors` via `candle_core::safetensors::load` (other keys are
     /// ignored).
     pub async fn new(cfg: &VisionConfig, weights: &HashMap<String, Tensor>) -> Result<Self> {
-        let ctx = GpuContext::new().await?;
-        Self::with_context(&ctx, cfg, weights)
+        Self::new_with(cfg, weights, Precision::Auto).await
+    }
+
+    /// [`GpuEncoder::new`] with the weight precision chosen: [`Precision::F16`] on a device
+    /// without `shader-f16` is an [`Error::MissingFeature`].
+    pub async fn new_with(
+        cfg: &VisionConfig,
+        weights: &HashMap<String, Tensor>,
+        precision: Precision,
+    ) -> Result<Self> {
+        let ctx = match precision {
+            Precision::F32 => GpuContext::new_f32_only().await?,
+            Precision::Auto | Precision::F16 => GpuContext::new().await?,
+        };
+        Self::with_context_and_precision(&ctx, cfg, weights, precision)
     }
 
     /// [`GpuEncoder::new`], blocking (native only).
@@ -107,16 +172,37 @@ impl GpuEncoder {
         pollster::block_on(Self::new(cfg, weights))
     }
 
-    /// Uploads the encoder to an existing device.
+    /// [`GpuEncoder::new_with`], blocking (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new_blocking_with(
+        cfg: &VisionConfig,
+        weights: &HashMap<String, Tensor>,
+        precision: Precision,
+    ) -> Result<Self> {
+        pollster::block_on(Self::new_with(cfg, weights, precision))
+    }
+
+    /// Uploads the encoder to an existing device, [`Precision::Auto`].
     pub fn with_context(
         ctx: &GpuContext,
         cfg: &VisionConfig,
         weights: &HashMap<String, Tensor>,
     ) -> Result<Self> {
+        Self::with_context_and_precision(ctx, cfg, weights, Precision::Auto)
+    }
+
+    /// Uploads the encoder to an existing device with the weight precision chosen.
+    pub fn with_context_and_precision(
+        ctx: &GpuContext,
+        cfg: &VisionConfig,
+        weights: &HashMap<String, Tensor>,
+        precision: Precision,
+    ) -> Result<Self> {
         check_config(cfg)?;
+        let precision = precision.resolve(ctx)?;
         // Validation errors of pipeline and bind group creation surface as `Error::Gpu`.
         let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let built = Self::build(ctx, cfg, &Weights::new(weights));
+        let built = Self::build(ctx, cfg, &Weights::new(weights), precision);
         let err = pop_now(scope);
         let enc = built?;
         if let Some(e) = err {
@@ -125,7 +211,12 @@ impl GpuEncoder {
         Ok(enc)
     }
 
-    fn build(ctx: &GpuContext, cfg: &VisionConfig, w: &Weights<'_>) -> Result<Self> {
+    fn build(
+        ctx: &GpuContext,
+        cfg: &VisionConfig,
+        w: &Weights<'_>,
+        precision: Precision,
+    ) -> Result<Self> {
         let (c, heads, p, cin) = (
             cfg.hidden_size,
             cfg.num_attention_heads,
@@ -140,16 +231,24 @@ impl GpuEncoder {
         );
         let (n, hd, kp) = (g * g, c / heads, cin * p * p);
         let eps = cfg.layer_norm_eps;
-        let k = Kernels::new(ctx, hd)?;
+        let f16 = precision == Precision::F16;
+        let k = Kernels::new(ctx, hd, f16)?;
 
-        // weights
+        // weights: the matmuls' `B` operands in the kernels' weight type, the rest f32
         let up = |name: &str, shape: &[usize]| -> Result<wgpu::Buffer> {
             ctx.storage_init(name, &w.get(name, shape)?)
         };
-        let patch_w = ctx.storage_init(
-            "patch_embed.projection.weight",
-            &w.get("patch_embed.projection.weight", &[c, cin, p, p])?,
-        )?;
+        let matrix = |name: &str, v: Vec<f32>| -> Result<wgpu::Buffer> {
+            if f16 {
+                ctx.storage_init_f16(name, &to_f16(&v, name)?)
+            } else {
+                ctx.storage_init(name, &v)
+            }
+        };
+        let up_matrix = |name: &str, shape: &[usize]| -> Result<wgpu::Buffer> {
+            matrix(name, w.get(name, shape)?)
+        };
+        let patch_w = up_matrix("patch_embed.projection.weight", &[c, cin, p, p])?;
         let patch_b = up("patch_embed.projection.bias", &[c])?;
         let pos_embed = if cfg.use_abs_pos {
             Some(up("pos_embed", &[1, g, g, c])?)
@@ -187,25 +286,25 @@ impl GpuEncoder {
             };
             layers.push(LayerBuffers {
                 ln1: ln(&format!("{l}.layer_norm1"), c)?,
-                qkv_w: up(&format!("{l}.attn.qkv.weight"), &[3 * c, c])?,
+                qkv_w: up_matrix(&format!("{l}.attn.qkv.weight"), &[3 * c, c])?,
                 qkv_b,
                 has_qkv_bias,
-                proj_w: up(&format!("{l}.attn.proj.weight"), &[c, c])?,
+                proj_w: up_matrix(&format!("{l}.attn.proj.weight"), &[c, c])?,
                 proj_b: up(&format!("{l}.attn.proj.bias"), &[c])?,
                 rel,
                 ln2: ln(&format!("{l}.layer_norm2"), c)?,
-                lin1_w: up(&format!("{l}.mlp.lin1.weight"), &[mlp, c])?,
+                lin1_w: up_matrix(&format!("{l}.mlp.lin1.weight"), &[mlp, c])?,
                 lin1_b: up(&format!("{l}.mlp.lin1.bias"), &[mlp])?,
-                lin2_w: up(&format!("{l}.mlp.lin2.weight"), &[c, mlp])?,
+                lin2_w: up_matrix(&format!("{l}.mlp.lin2.weight"), &[c, mlp])?,
                 lin2_b: up(&format!("{l}.mlp.lin2.bias"), &[c])?,
                 ws,
             });
         }
-        let conv1 = up("neck.conv1.weight", &[cout, c, 1, 1])?;
+        let conv1 = up_matrix("neck.conv1.weight", &[cout, c, 1, 1])?;
         let neck_ln1 = ln("neck.layer_norm1", cout)?;
-        let conv2 = ctx.storage_init(
+        let conv2 = matrix(
             "neck.conv2.weight",
-            &conv3x3_taps(
+            conv3x3_taps(
                 &w.get("neck.conv2.weight", &[cout, cout, 3, 3])?,
                 cout,
                 cout,
@@ -363,6 +462,7 @@ impl GpuEncoder {
         Ok(Self {
             ctx: ctx.clone(),
             cfg: cfg.clone(),
+            precision,
             steps,
             pixels,
             pos_embed,
@@ -377,6 +477,12 @@ impl GpuEncoder {
     /// The adapter the encoder runs on.
     pub fn adapter(&self) -> &AdapterSummary {
         self.ctx.adapter()
+    }
+
+    /// The weight precision in use: [`Precision::F32`] or [`Precision::F16`] (never `Auto`),
+    /// e.g. to show "webgpu, f16".
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The device context (to share with other GPU work).

@@ -39,6 +39,12 @@ pub enum Error {
         bytes: u64,
         limit: u64,
     },
+    /// [`crate::Precision::F16`] was asked for on a device without `shader-f16`.
+    #[error(
+        "f16 precision needs the WebGPU feature `shader-f16` (wgpu::Features::SHADER_F16), \
+         which the device on `{adapter}` lacks; use Precision::Auto or Precision::F32"
+    )]
+    MissingFeature { adapter: String },
     /// The input has the wrong number of values.
     #[error("pixel_values has {got} values, expected {expected} (3 x {size} x {size})")]
     Input {

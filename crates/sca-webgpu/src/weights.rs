@@ -110,6 +110,55 @@ pub(crate) fn conv3x3_taps(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
     out
 }
 
+/// IEEE binary16 bits of `x`, rounded to nearest-even (as `half::f16::from_f32` and
+/// PyTorch's `.half()`); beyond the f16 range: infinity.
+pub(crate) fn f32_to_f16(x: f32) -> u16 {
+    let b = x.to_bits();
+    let sign = ((b >> 16) & 0x8000) as u16;
+    let exp = ((b >> 23) & 0xff) as i32;
+    let man = b & 0x7f_ffff;
+    if exp == 0xff {
+        // infinity, or a quiet NaN
+        return sign | 0x7c00 | if man != 0 { 0x200 } else { 0 };
+    }
+    let e = exp - 127 + 15;
+    if e >= 0x1f {
+        return sign | 0x7c00;
+    }
+    // (bits kept, bits shifted out): normal f16, or subnormal (value = m * 2^-24)
+    let (kept, shift) = if e > 0 {
+        (((e as u32) << 10) | (man >> 13), 13)
+    } else if e >= -10 {
+        ((man | 0x80_0000) >> (14 - e), (14 - e) as u32)
+    } else {
+        return sign; // below half the smallest subnormal
+    };
+    let full = if e > 0 { man } else { man | 0x80_0000 };
+    let rem = full & ((1 << shift) - 1);
+    let half = 1 << (shift - 1);
+    // a carry out of the mantissa moves to the next binade (or to infinity), as it should
+    let rounded = kept + u32::from(rem > half || (rem == half && kept & 1 == 1));
+    sign | rounded as u16
+}
+
+/// `v` as f16 bits for an f16 weight buffer; a value beyond the f16 range is an error (the
+/// f32 precision carries it).
+pub(crate) fn to_f16(v: &[f32], key: &str) -> Result<Vec<u16>> {
+    v.iter()
+        .map(|&x| {
+            let h = f32_to_f16(x);
+            if x.is_finite() && h & 0x7c00 == 0x7c00 {
+                Err(Error::WeightData {
+                    name: format!("{PREFIX}{key}"),
+                    msg: format!("{x} is beyond the f16 range (use Precision::F32)"),
+                })
+            } else {
+                Ok(h)
+            }
+        })
+        .collect()
+}
+
 /// Random encoder weights for `cfg` under the official key names (benchmarks and tests of
 /// configs without a checkpoint). Deterministic in `seed`; scaled so activations stay O(1).
 pub fn random_weights(cfg: &sca_core::config::VisionConfig, seed: u64) -> HashMap<String, Tensor> {
@@ -204,6 +253,76 @@ mod tests {
         for (a, b) in r.iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{r:?}");
         }
+    }
+
+    /// Against candle's (the `half` crate's) f32 -> f16 -> f32: normals, ties, subnormals,
+    /// overflow, signed zero.
+    #[test]
+    fn f16_rounding_matches_half() {
+        fn f16_to_f32(h: u16) -> f32 {
+            let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
+            let e = ((h >> 10) & 0x1f) as i32;
+            let m = (h & 0x3ff) as f32;
+            sign * match e {
+                0 => m * 2f32.powi(-24),
+                0x1f if m == 0.0 => f32::INFINITY,
+                0x1f => f32::NAN,
+                _ => (1.0 + m / 1024.0) * 2f32.powi(e - 15),
+            }
+        }
+        let mut v = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            65504.0,
+            65519.0,
+            65520.0,
+            1e6,
+            -1e6,
+            6.1e-5,
+            6.0e-5,
+            5.96e-8,
+            2.98e-8,
+            2.9e-8,
+            3.0e-8,
+            1e-9,
+            0.1,
+            1.0 + 1.0 / 2048.0,
+            1.0 + 3.0 / 2048.0,
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let bits = (state >> 32) as u32;
+            let x = f32::from_bits(bits);
+            if x.is_finite() && x.abs() < 1e5 && x.abs() > 1e-9 {
+                v.push(x);
+            }
+            // O(1) values with random low mantissa bits: many near-ties
+            v.push((state as u32 >> 9) as f32 / (1u32 << 23) as f32 * 8.0 - 4.0);
+        }
+        let want = Tensor::new(v.as_slice(), &candle_core::Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for (x, w) in v.iter().zip(want) {
+            let got = f16_to_f32(f32_to_f16(*x));
+            assert!(
+                got.to_bits() == w.to_bits(),
+                "{x:e}: got {got:e}, half gives {w:e}"
+            );
+        }
+        assert!(to_f16(&[1.0, 7e4], "k")
+            .unwrap_err()
+            .to_string()
+            .contains("f16 range"));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The WebGPU encoder against the official fixtures and against the candle encoder.
 //!
 //! Tolerance (not to be loosened): max |gpu - reference| <= 1e-3 * max |reference| over the
-//! whole (C_out, g, g) embedding.
+//! whole (C_out, g, g) embedding for `Precision::F32`; 2e-3 for `Precision::F16` (f16 weight
+//! matrices: the project's criterion for f16 encoder exports). The f16 checks run where the
+//! adapter has `shader-f16` (lavapipe does; SwiftShader does not) and say so when skipped.
 //!
 //! Needs a WebGPU/Vulkan adapter. Without a GPU: `apt-get install -y mesa-vulkan-drivers`
 //! (lavapipe). No adapter is a test failure, never a skip.
@@ -11,9 +13,53 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use sca_core::config::{ScaConfig, VisionConfig};
-use sca_webgpu::{GpuContext, GpuEncoder};
+use sca_webgpu::{GpuContext, GpuEncoder, Precision};
 
-const REL_TOL: f32 = 1e-3;
+/// Relative tolerance of each precision.
+fn rel_tol(p: Precision) -> f32 {
+    match p {
+        Precision::F16 => 2e-3,
+        _ => 1e-3,
+    }
+}
+
+/// Whether the f16 path can be tested. Our test adapter (lavapipe) has `shader-f16`, so its
+/// absence fails the test unless `SCA_WEBGPU_ALLOW_NO_F16=1` says this adapter cannot.
+fn f16_testable(ctx: &GpuContext) -> bool {
+    if ctx.adapter().shader_f16 {
+        return true;
+    }
+    let label = ctx.adapter().label();
+    assert!(
+        std::env::var_os("SCA_WEBGPU_ALLOW_NO_F16").is_some(),
+        "{label} has no shader-f16, so the f16 path cannot be tested (lavapipe from \
+         `apt-get install -y mesa-vulkan-drivers` has it); set SCA_WEBGPU_ALLOW_NO_F16=1 to \
+         test the f32 path only"
+    );
+    println!("f16 checks not run: {label} has no shader-f16 (SCA_WEBGPU_ALLOW_NO_F16 set)");
+    false
+}
+
+/// F32, and F16 where the device has `shader-f16`.
+fn precisions(ctx: &GpuContext) -> Vec<Precision> {
+    if f16_testable(ctx) {
+        vec![Precision::F32, Precision::F16]
+    } else {
+        vec![Precision::F32]
+    }
+}
+
+fn encoder(
+    ctx: &GpuContext,
+    cfg: &VisionConfig,
+    w: &HashMap<String, Tensor>,
+    p: Precision,
+) -> GpuEncoder {
+    let enc = GpuEncoder::with_context_and_precision(ctx, cfg, w, p)
+        .unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert_eq!(enc.precision(), p);
+    enc
+}
 
 /// `$SCA_PARITY_DIR`, else `../shared/parity` beside the repository.
 fn parity_dir() -> PathBuf {
@@ -73,15 +119,16 @@ fn max_diff(ours: &[f32], reference: &[f32]) -> (f32, f32) {
     (diff, scale)
 }
 
-fn check(name: &str, ours: &[f32], reference: &[f32]) {
+fn check(name: &str, p: Precision, ours: &[f32], reference: &[f32]) {
     let (diff, scale) = max_diff(ours, reference);
+    let tol = rel_tol(p);
     println!(
-        "{name}: max|diff| = {diff:.3e}, max|ref| = {scale:.3e}, ratio {:.3e}",
+        "{name} [{p}]: max|diff| = {diff:.3e}, max|ref| = {scale:.3e}, ratio {:.3e}",
         diff / scale
     );
     assert!(
-        diff <= REL_TOL * scale,
-        "{name}: max|diff| {diff:e} > {REL_TOL} * max|ref| {scale:e}"
+        diff <= tol * scale,
+        "{name} [{p}]: max|diff| {diff:e} > {tol} * max|ref| {scale:e}"
     );
 }
 
@@ -107,12 +154,13 @@ fn parity_fixtures() {
             candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
         let outputs =
             candle_core::safetensors::load(dir.join("outputs.safetensors"), &Device::Cpu).unwrap();
-        let enc = GpuEncoder::with_context(&ctx, &cfg.vision_config, &weights)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let emb = enc
-            .embed_blocking(&f32s(&outputs["pixel_values"]))
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        check(&name, &emb, &f32s(&outputs["image_embeddings"]));
+        for p in precisions(&ctx) {
+            let enc = encoder(&ctx, &cfg.vision_config, &weights, p);
+            let emb = enc
+                .embed_blocking(&f32s(&outputs["pixel_values"]))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            check(&name, p, &emb, &f32s(&outputs["image_embeddings"]));
+        }
     }
 }
 
@@ -144,15 +192,103 @@ fn bundled_model_matches_candle() {
     let bundle = sca_core::bundle::Bundle::from_dir(&dir).unwrap();
     let cfg = bundle.config().unwrap().vision_config;
     let weights = bundle.encoder_tensors().unwrap();
-    let enc =
-        GpuEncoder::with_context(&context(), &cfg, &weights).unwrap_or_else(|e| panic!("{e}"));
+    let ctx = context();
     let px = pixels(3 * cfg.image_size * cfg.image_size);
-    let ours = enc.embed_blocking(&px).unwrap();
-    assert_eq!(ours.len(), {
-        let (c, h, w) = enc.output_shape();
-        c * h * w
-    });
-    check("sca-shapes", &ours, &candle_embed(&cfg, &weights, &px));
+    let reference = candle_embed(&cfg, &weights, &px);
+    for p in precisions(&ctx) {
+        let enc = encoder(&ctx, &cfg, &weights, p);
+        let ours = enc.embed_blocking(&px).unwrap();
+        assert_eq!(ours.len(), {
+            let (c, h, w) = enc.output_shape();
+            c * h * w
+        });
+        check("sca-shapes", p, &ours, &reference);
+    }
+}
+
+/// The f16 path's only difference from f32 is the rounding of the weight matrices: F16 on the
+/// bundled weights equals F32 on those matrices rounded to f16 (by candle) bit for bit.
+#[test]
+fn f16_is_f32_on_rounded_matrices() {
+    let ctx = context();
+    if !f16_testable(&ctx) {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/sca-shapes");
+    let bundle = sca_core::bundle::Bundle::from_dir(&dir).unwrap();
+    let cfg = bundle.config().unwrap().vision_config;
+    let weights = bundle.encoder_tensors().unwrap();
+    let matrices = [
+        "qkv.weight",
+        "proj.weight",
+        "lin1.weight",
+        "lin2.weight",
+        "patch_embed.projection.weight",
+        "neck.conv1.weight",
+        "neck.conv2.weight",
+    ];
+    let mut rounded = weights.clone();
+    let mut n = 0;
+    for (k, t) in rounded.iter_mut() {
+        if k.starts_with("vision_encoder.") && matrices.iter().any(|m| k.ends_with(m)) {
+            *t = t
+                .to_dtype(DType::F16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            n += 1;
+        }
+    }
+    assert_eq!(n, 4 * cfg.num_hidden_layers + 3);
+    let px = pixels(3 * cfg.image_size * cfg.image_size);
+    let f16 = encoder(&ctx, &cfg, &weights, Precision::F16)
+        .embed_blocking(&px)
+        .unwrap();
+    let f32_rounded = encoder(&ctx, &cfg, &rounded, Precision::F32)
+        .embed_blocking(&px)
+        .unwrap();
+    let (diff, _) = max_diff(&f16, &f32_rounded);
+    assert_eq!(diff, 0.0, "f16 path vs f32 on f16-rounded matrices");
+}
+
+/// `Auto` is F16 exactly where the device has `shader-f16`; F32 on a device opened without it
+/// is the f32 path, and F16 there a clear error.
+#[test]
+fn precision_choice_and_missing_feature() {
+    let dir = parity_dir().join("sca_a_point_single");
+    let cfg = ScaConfig::from_file(&dir.join("config.json"))
+        .unwrap()
+        .vision_config;
+    let weights =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let ctx = context();
+    let auto = GpuEncoder::with_context(&ctx, &cfg, &weights).unwrap();
+    let want = if ctx.adapter().shader_f16 {
+        Precision::F16
+    } else {
+        Precision::F32
+    };
+    assert_eq!(auto.precision(), want);
+    assert_eq!(auto.precision().to_string(), want.as_str());
+
+    quiet_xdg_runtime_dir();
+    let plain = pollster::block_on(GpuContext::new_f32_only()).unwrap();
+    assert!(!plain.adapter().shader_f16);
+    let e =
+        GpuEncoder::with_context_and_precision(&plain, &cfg, &weights, Precision::F16).unwrap_err();
+    assert!(
+        matches!(e, sca_webgpu::Error::MissingFeature { .. })
+            && e.to_string().contains("shader-f16"),
+        "{e}"
+    );
+    let px = pixels(3 * cfg.image_size * cfg.image_size);
+    let on_plain = GpuEncoder::with_context(&plain, &cfg, &weights).unwrap();
+    assert_eq!(on_plain.precision(), Precision::F32);
+    // the same f32 path whether or not the device has shader-f16
+    let f32_emb = encoder(&ctx, &cfg, &weights, Precision::F32)
+        .embed_blocking(&px)
+        .unwrap();
+    assert_eq!(on_plain.embed_blocking(&px).unwrap(), f32_emb);
 }
 
 #[test]
@@ -219,13 +355,13 @@ fn config_variants_match_candle() {
             Some(l) => ctx.clone().with_binding_limit(l),
             None => ctx.clone(),
         };
-        let enc = GpuEncoder::with_context(&ctx, &cfg, &weights).unwrap_or_else(|e| panic!("{e}"));
         let px = pixels(3 * cfg.image_size * cfg.image_size);
-        let ours = enc.embed_blocking(&px).unwrap();
-        check(
-            &format!("variant {i}"),
-            &ours,
-            &candle_embed(&cfg, &weights, &px),
-        );
+        let reference = candle_embed(&cfg, &weights, &px);
+        for p in precisions(&ctx) {
+            let ours = encoder(&ctx, &cfg, &weights, p)
+                .embed_blocking(&px)
+                .unwrap();
+            check(&format!("variant {i}"), p, &ours, &reference);
+        }
     }
 }

@@ -1,6 +1,11 @@
 // C[m, n] (op)= epilogue(sum_k A[m, k] * B[n, k]): activations times a PyTorch-layout weight
 // (out, in). 64x64 output tiles; each invocation owns a 4x4 block (4 consecutive rows x 4
-// consecutive columns) held in vec4 registers.
+// consecutive columns) held in vec4 registers. Accumulation is f32; the weight B is stored as
+// `W`: f32 here, f16 in the variant kernels/mod.rs makes by substituting the line below (on
+// devices with shader-f16; it must stay the first declaration: the f16 enable directive
+// goes right before it).
+
+alias W = f32;
 
 struct Params {
     m: u32,
@@ -17,7 +22,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<W>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
@@ -58,7 +63,7 @@ fn main(
                 }
                 let br = n0 + 4u * lg + e;
                 if (br < p.n) {
-                    bv[e] = b[p.b_off + br * p.k + kk];
+                    bv[e] = f32(b[p.b_off + br * p.k + kk]);
                 }
             }
         }

@@ -14,6 +14,21 @@ const IM2COL: &str = include_str!("im2col.wgsl");
 const RELPOS: &str = include_str!("relpos.wgsl");
 const ATTENTION: &str = include_str!("attention.wgsl");
 
+/// The matmul's weight-type line, and its f16 form.
+const MATMUL_W_F32: &str = "alias W = f32;";
+const MATMUL_W_F16: &str = "enable f16;\nalias W = f16;";
+
+/// The matmul kernel with weights (its `B` operand) in f16 or f32.
+fn matmul_source(f16_weights: bool) -> String {
+    debug_assert!(MATMUL.contains(MATMUL_W_F32));
+    let src = MATMUL.replace("//INCLUDE gelu", GELU);
+    if f16_weights {
+        src.replace(MATMUL_W_F32, MATMUL_W_F16)
+    } else {
+        src
+    }
+}
+
 /// Output tile of the matmul kernel (rows and columns).
 const MM_TILE: u32 = 64;
 /// Invocations per workgroup of the flat (elementwise / gather) kernels.
@@ -124,8 +139,9 @@ fn attention_bk(head_dim: usize, wg_storage: u32) -> Option<usize> {
 }
 
 impl Kernels {
-    /// Compiles every kernel; the attention kernel is specialised to `head_dim`.
-    pub fn new(ctx: &GpuContext, head_dim: usize) -> Result<Self> {
+    /// Compiles every kernel; the attention kernel is specialised to `head_dim`, the matmul to
+    /// f16 weights (`f16_weights`, on a device with `shader-f16`) or f32 ones.
+    pub fn new(ctx: &GpuContext, head_dim: usize, f16_weights: bool) -> Result<Self> {
         let limits = ctx.device.limits();
         let bk =
             attention_bk(head_dim, limits.max_compute_workgroup_storage_size).ok_or_else(|| {
@@ -137,7 +153,7 @@ impl Kernels {
         let attention_src = ATTENTION
             .replace("{{HD}}", &head_dim.to_string())
             .replace("{{BK}}", &bk.to_string());
-        let matmul_src = MATMUL.replace("//INCLUDE gelu", GELU);
+        let matmul_src = matmul_source(f16_weights);
         let p = |name, src: &str, entry| pipeline(ctx, name, src.to_string(), entry);
         Ok(Self {
             ctx: ctx.clone(),
@@ -202,7 +218,7 @@ impl Kernels {
         Ok([x as u32, y as u32, 1])
     }
 
-    /// `C[m, n] (+)= epilogue(A · Bᵀ)`, split into dispatches of at most `max_wg` row tiles.
+    /// `C[m, n] (+)= epilogue(A · Bᵀ)`, `B` a weight in the kernels' weight type, split into dispatches of at most `max_wg` row tiles.
     pub fn matmul(
         &self,
         a: &wgpu::Buffer,
@@ -378,5 +394,17 @@ mod tests {
         assert_eq!(attention_bk(80, 16384), Some(16));
         assert_eq!(attention_bk(12, 16384), Some(32));
         assert_eq!(attention_bk(4096, 16384), None);
+    }
+
+    #[test]
+    fn f16_matmul_is_the_same_source() {
+        let (a, b) = (matmul_source(false), matmul_source(true));
+        assert!(a.contains("array<W>") && !a.contains("enable f16") && !a.contains("//INCLUDE"));
+        assert_eq!(b.replace(MATMUL_W_F16, MATMUL_W_F32), a);
+        // the directive precedes every declaration
+        let first = b
+            .lines()
+            .find(|l| !l.trim().is_empty() && !l.starts_with("//"));
+        assert_eq!(first, Some("enable f16;"));
     }
 }
