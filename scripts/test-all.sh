@@ -22,6 +22,7 @@ cargo build -p sca-uniffi-bindgen
 cargo test --workspace
 # (scripts/wasm-check.sh, the same model under Node's WASI vs native, is a manual check now: the
 # browser tests compare wasm with native in Chromium itself.)
+bash scripts/test-wasm-core.sh
 echo "== browser: the npm package and the page in headless Chromium"
 bash scripts/test-browser.sh
 echo "== mobile: bindings + static libraries for Android and iOS"

@@ -191,6 +191,32 @@ pub fn role(key: &str) -> Role {
     }
 }
 
+/// Whether a quantized decoder-side weight is dequantized to f32 when a bundle is loaded: the
+/// image-side projections of the mask decoder's and the mixer's two-way transformers
+/// (`cross_attn_token_to_image.{k,v}_proj`, `cross_attn_image_to_token.{q,out}_proj`,
+/// `final_attn_token_to_image.{k,v}_proj`). They multiply every image token of every prompt
+/// (4,096 rows for a 1024-pixel input), where an f32 matrix product beats the quantized kernels
+/// (3x in wasm, 1.2-6x natively), and they are about 2% of a decoder's weights. The file keeps
+/// them quantized, so bundle sizes do not change; every platform applies the same rule.
+///
+/// ```
+/// use sca_core::bundle::dense_at_load;
+/// assert!(dense_at_load("mask_decoder.additional_transformer.layers.3.cross_attn_image_to_token.q_proj.weight"));
+/// assert!(!dense_at_load("mask_decoder.additional_transformer.layers.3.cross_attn_image_to_token.k_proj.weight"));
+/// assert!(!dense_at_load("language_model.transformer.h.0.mlp.c_fc.weight"));
+/// ```
+pub fn dense_at_load(key: &str) -> bool {
+    const IMAGE_SIDE: [&str; 6] = [
+        ".cross_attn_token_to_image.k_proj.weight",
+        ".cross_attn_token_to_image.v_proj.weight",
+        ".cross_attn_image_to_token.q_proj.weight",
+        ".cross_attn_image_to_token.out_proj.weight",
+        ".final_attn_token_to_image.k_proj.weight",
+        ".final_attn_token_to_image.v_proj.weight",
+    ];
+    key.starts_with("mask_decoder.") && IMAGE_SIDE.iter().any(|s| key.ends_with(s))
+}
+
 /// The storage type of a decoder-side tensor of `shape` (as the model multiplies it: (out, in)
 /// for matrix products) in a bundle quantized with `quant`:
 ///
@@ -427,7 +453,8 @@ impl Bundle {
             .collect()
     }
 
-    /// The decoder tensors: f32/f16 ones as f32 tensors, quantized ones as they are.
+    /// The decoder tensors: f32/f16 ones and those [`dense_at_load`] names as f32 tensors,
+    /// the other quantized ones as they are.
     #[allow(clippy::type_complexity)]
     pub fn decoder_tensors(
         &self,
@@ -444,23 +471,22 @@ impl Bundle {
             let q = content
                 .tensor(&mut r, name, &Device::Cpu)
                 .map_err(|e| berr(&path, format!("tensor `{name}`: {e}")))?;
-            match q.dtype() {
-                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
-                    let t = q
-                        .dequantize(&Device::Cpu)
-                        .map_err(|e| berr(&path, format!("tensor `{name}`: {e}")))?;
-                    dense.insert(name.clone(), t);
-                }
-                _ => {
-                    quant.insert(name.clone(), Arc::new(q));
-                }
+            let dense_dtype =
+                matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+            if dense_dtype || dense_at_load(name) {
+                let t = q
+                    .dequantize(&Device::Cpu)
+                    .map_err(|e| berr(&path, format!("tensor `{name}`: {e}")))?;
+                dense.insert(name.clone(), t);
+            } else {
+                quant.insert(name.clone(), Arc::new(q));
             }
         }
         Ok((dense, quant))
     }
 
-    /// Builds the model on `device`. Quantized tensors stay quantized (quantized matmuls);
-    /// every other weight is f32. Missing, mis-shaped and unused keys are errors.
+    /// Builds the model on `device`. Quantized tensors stay quantized (quantized matmuls),
+    /// except those [`dense_at_load`] names; every other weight is f32. Missing, mis-shaped and unused keys are errors.
     pub fn into_sca(self, device: Device) -> Result<Sca> {
         let config = self.config()?;
         let origin = self.origin.clone();

@@ -24,5 +24,7 @@ pub mod wire;
 
 pub use error::{Error, Result};
 pub use generate::Decode;
-pub use pipeline::{caption_loss, ImageEmbedding, Mask, Point, Prompt, Region, Sca, ScaModel};
+pub use pipeline::{
+    caption_loss, ImageEmbedding, Mask, Point, Prompt, Region, Sca, ScaModel, Segmented,
+};
 pub use trace::Trace;

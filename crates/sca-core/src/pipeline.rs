@@ -553,7 +553,11 @@ impl Sca {
         if prompts.is_empty() {
             return Ok(Vec::new());
         }
-        let (mut regions, prefix) = self.decode_regions(emb, prompts, true, trace)?;
+        let DecodedRegions {
+            mut regions,
+            prefix,
+            ..
+        } = self.decode_regions(emb, prompts, Then::Prefix, trace)?;
         let prefix = prefix.expect("decode_regions with prefix");
         let eos = self.generation.eos_token_id;
         let tokens = generate(&self.model.lm, &prefix, decode, eos, on_token)?;
@@ -583,45 +587,46 @@ impl Sca {
         prompt: &Prompt,
         max_new_tokens: usize,
     ) -> Result<(Region, CaptionSteps)> {
-        let (mut regions, prefix) = self.decode_regions(
+        self.segment_one(emb, prompt)?
+            .begin_caption(self, max_new_tokens)
+    }
+
+    /// [`Sca::segment`] for one prompt, keeping the mask decoder's outputs so that
+    /// [`Segmented::begin_caption`] captions the same prompt without decoding it again.
+    pub fn segment_one(&self, emb: &ImageEmbedding, prompt: &Prompt) -> Result<Segmented> {
+        let mut d = self.decode_regions(
             emb,
             std::slice::from_ref(prompt),
-            true,
+            Then::Keep,
             &mut Trace::default(),
         )?;
-        let prefix = prefix.expect("decode_regions with prefix");
-        let steps = GreedySteps::new(
-            &self.model.lm,
-            &prefix,
-            max_new_tokens,
-            self.generation.eos_token_id,
-        )?;
-        Ok((
-            regions.remove(0),
-            CaptionSteps {
-                steps,
-                text: DecodeState::default(),
-            },
-        ))
+        let (queries_out, keys_out) = d.kept.remove(0);
+        Ok(Segmented {
+            region: d.regions.remove(0),
+            queries_out,
+            keys_out,
+        })
     }
 
     /// Masks only: prompt encoder and mask decoder (the mixer and the LM do not run); the
     /// regions' captions and tokens are empty. What a click shows before its caption.
     pub fn segment(&self, emb: &ImageEmbedding, prompts: &[Prompt]) -> Result<Vec<Region>> {
         Ok(self
-            .decode_regions(emb, prompts, false, &mut Trace::default())?
-            .0)
+            .decode_regions(emb, prompts, Then::Stop, &mut Trace::default())?
+            .regions)
     }
 
-    /// Prompt encoder, mask decoder and (with `prefix`) the mixer for every prompt: regions with
-    /// masks, IoU and box (caption empty) and the LM prefixes (M, P, D) in prompt order.
+    /// Prompt encoder, mask decoder and (with [`Then::Prefix`]) the mixer for every prompt:
+    /// regions with masks, IoU and box (caption empty), and the LM prefixes (M, P, D) or the
+    /// mixer's inputs per prompt, in prompt order.
     fn decode_regions(
         &self,
         emb: &ImageEmbedding,
         prompts: &[Prompt],
-        prefix: bool,
+        then: Then,
         trace: &mut Trace,
-    ) -> Result<(Vec<Region>, Option<Tensor>)> {
+    ) -> Result<DecodedRegions> {
+        let prefix = then == Then::Prefix;
         let scaled = prompts
             .iter()
             .map(|p| self.scale_prompt(emb, p))
@@ -640,6 +645,7 @@ impl Sca {
         type Decoded = (Vec<Vec<f32>>, Vec<f32>);
         let mut decoded: Vec<Option<Decoded>> = vec![None; prompts.len()];
         let mut prefixes: Vec<Option<Tensor>> = vec![None; prompts.len()];
+        let mut kept: Vec<Option<(Tensor, Tensor)>> = vec![None; prompts.len()];
         for ((_, multimask), idx) in &groups {
             let group: Vec<ScaledPrompt> = idx.iter().map(|&i| scaled[i].clone()).collect();
             let decoder = self
@@ -663,6 +669,12 @@ impl Sca {
                 decoded[i] = Some((planes, iou[j].clone()));
                 if let Some(p) = &group_prefix {
                     prefixes[i] = Some(p.get(j)?);
+                }
+                if then == Then::Keep {
+                    kept[i] = Some((
+                        decoder.queries_out.narrow(0, j, 1)?,
+                        decoder.keys_out.narrow(0, j, 1)?,
+                    ));
                 }
             }
             debug_assert_eq!(m, idx.len());
@@ -718,7 +730,68 @@ impl Sca {
                 box_,
             });
         }
-        Ok((regions, prefix))
+        Ok(DecodedRegions {
+            regions,
+            prefix,
+            kept: kept.into_iter().flatten().collect(),
+        })
+    }
+}
+
+/// What [`Sca::decode_regions`] does after the mask decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// Nothing: masks only.
+    Stop,
+    /// Keep the mixer's inputs per prompt (for [`Segmented`]).
+    Keep,
+    /// Run the mixer and projection: the LM prefixes.
+    Prefix,
+}
+
+struct DecodedRegions {
+    regions: Vec<Region>,
+    /// (M, P, D) with [`Then::Prefix`].
+    prefix: Option<Tensor>,
+    /// Per prompt with [`Then::Keep`]: (SAM's output tokens (1, T', C), image tokens (1, HW, C)).
+    kept: Vec<(Tensor, Tensor)>,
+}
+
+/// One prompt's masks and what its caption still needs (the mask decoder's outputs), from
+/// [`Sca::segment_one`]: show the masks at once, then [`Segmented::begin_caption`] runs only
+/// the mixer and the LM for the same click.
+#[derive(Debug, Clone)]
+pub struct Segmented {
+    /// Masks, IoU and box; caption and tokens empty.
+    pub region: Region,
+    queries_out: Tensor,
+    keys_out: Tensor,
+}
+
+impl Segmented {
+    /// [`Sca::begin_caption`] for this prompt without decoding its masks again (same region,
+    /// same caption).
+    pub fn begin_caption(
+        &self,
+        sca: &Sca,
+        max_new_tokens: usize,
+    ) -> Result<(Region, CaptionSteps)> {
+        let prefix =
+            sca.model
+                .caption_prefix(&self.queries_out, &self.keys_out, &mut Trace::default())?;
+        let steps = GreedySteps::new(
+            &sca.model.lm,
+            &prefix,
+            max_new_tokens,
+            sca.generation.eos_token_id,
+        )?;
+        Ok((
+            self.region.clone(),
+            CaptionSteps {
+                steps,
+                text: DecodeState::default(),
+            },
+        ))
     }
 }
 

@@ -252,10 +252,10 @@ impl ScaSession {
     }
 
     /// Masks and IoU for a prompt (no caption): `{masks, iou, box}`.
-    pub fn segment(&self, prompt: JsValue) -> Result<Object, JsError> {
+    pub fn segment(&mut self, prompt: JsValue) -> Result<Object, JsError> {
         let p = parse_prompt(prompt)?;
         let r = self.inner.segment(&p).map_err(js_err)?;
-        region_masks(&r)
+        region_masks(r)
     }
 
     /// Starts a greedy caption (cancelling a running one); returns the masks at once. Then

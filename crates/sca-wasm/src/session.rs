@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use sca_core::anything::{anything, AnythingConfig, AnythingEvent, AnythingOutput};
 use sca_core::bundle::Bundle;
 use sca_core::pipeline::CaptionSteps;
-use sca_core::{Decode, Error, ImageEmbedding, Prompt, Region, Result, Sca};
+use sca_core::{Decode, Error, ImageEmbedding, Prompt, Region, Result, Sca, Segmented};
 
 /// A caption in progress: its region (masks known, caption not yet) and the decoder state.
 struct Job {
@@ -21,6 +21,9 @@ pub struct Session {
     sca: Sca,
     embedding: Option<ImageEmbedding>,
     job: Option<Job>,
+    /// The last `segment` (a click shows its masks, then captions the same prompt): its
+    /// caption starts from the mask decoder's outputs instead of decoding them again.
+    last_segment: Option<(Prompt, Segmented)>,
 }
 
 /// The result of a finished (or cancelled) caption.
@@ -42,6 +45,7 @@ impl Session {
             sca,
             embedding: None,
             job: None,
+            last_segment: None,
         }
     }
 
@@ -69,6 +73,7 @@ impl Session {
     /// Runs the CPU encoder on an image and keeps its embedding.
     pub fn embed(&mut self, img: &image::RgbImage) -> Result<()> {
         self.job = None;
+        self.last_segment = None;
         self.embedding = Some(self.sca.embed(img)?);
         Ok(())
     }
@@ -103,6 +108,7 @@ impl Session {
             sca_core::image::resized_size(height, width, self.sca.preprocessor.longest_edge);
         let embedding = Tensor::from_vec(data, (1, c, g, g), self.sca.model.device())?;
         self.job = None;
+        self.last_segment = None;
         self.embedding = Some(ImageEmbedding {
             embedding,
             original_size: (height, width),
@@ -133,19 +139,21 @@ impl Session {
     }
 
     /// Masks and IoU only (the mixer and LM do not run).
-    pub fn segment(&self, prompt: &Prompt) -> Result<Region> {
-        let emb = self.embedding()?;
-        Ok(self
-            .sca
-            .segment(emb, std::slice::from_ref(prompt))?
-            .remove(0))
+    pub fn segment(&mut self, prompt: &Prompt) -> Result<&Region> {
+        let seg = self.sca.segment_one(self.embedding()?, prompt)?;
+        Ok(&self.last_segment.insert((prompt.clone(), seg)).1.region)
     }
 
     /// Starts a caption (cancelling any running one) and returns its masks and IoU at once.
+    /// After `segment` of the same prompt the mask decoder does not run again.
     pub fn begin_caption(&mut self, prompt: &Prompt, max_new_tokens: usize) -> Result<&Region> {
         self.job = None;
-        let emb = self.embedding()?;
-        let (region, steps) = self.sca.begin_caption(emb, prompt, max_new_tokens)?;
+        let (region, steps) = match &self.last_segment {
+            Some((p, seg)) if p == prompt => seg.begin_caption(&self.sca, max_new_tokens)?,
+            _ => self
+                .sca
+                .begin_caption(self.embedding()?, prompt, max_new_tokens)?,
+        };
         Ok(&self.job.insert(Job { region, steps }).region)
     }
 

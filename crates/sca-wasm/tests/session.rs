@@ -63,6 +63,43 @@ fn session_from_bytes_equals_sca() {
     assert_eq!(text, want.caption);
     assert!(s.next_piece().is_err(), "no caption runs after finish");
 
+    // `segment` keeps the mask decoder's outputs for a caption of the *same* prompt only: a
+    // caption of another prompt decodes its own masks.
+    let other = Prompt {
+        points: Vec::new(),
+        box_: Some([148.0, 114.0, 225.0, 191.0]),
+        multimask: false,
+    };
+    let want_other = sca
+        .predict(&emb, &other, &Decode::Greedy { max_new_tokens: 19 })
+        .unwrap();
+    s.segment(&prompt()).unwrap();
+    let caption = |s: &mut Session, p: &Prompt| {
+        let masks = s.begin_caption(p, 19).unwrap().masks.clone();
+        while s.next_piece().unwrap().is_some() {}
+        let f = s.finish_caption().unwrap();
+        (masks, f.region.caption, f.region.tokens)
+    };
+    let got = caption(&mut s, &other);
+    assert_eq!(
+        got,
+        (
+            want_other.masks.clone(),
+            want_other.caption.clone(),
+            want_other.tokens.clone()
+        )
+    );
+    assert_ne!(want_other.masks, want.masks);
+    let got = caption(&mut s, &prompt());
+    assert_eq!(
+        got,
+        (
+            want.masks.clone(),
+            want.caption.clone(),
+            want.tokens.clone()
+        )
+    );
+
     // An embedding from elsewhere (here: the same one) gives the same answer.
     let data = emb
         .embedding

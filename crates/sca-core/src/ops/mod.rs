@@ -9,6 +9,7 @@ pub mod autograd;
 pub mod gemm;
 pub mod kernels;
 pub mod qlinear;
+pub mod qmm;
 
 pub use qlinear::{QLinear, QuantStore};
 
