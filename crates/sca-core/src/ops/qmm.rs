@@ -318,12 +318,14 @@ fn block_q6k(x: &[i8], blk: &[u8]) -> i32 {
                     let e = 128 * half + l + 32 * g;
                     let q = i8x16_sub(v, c32);
                     let xv = v128_load(xp.add(e) as *const v128);
-                    let d = i32x4_add(
-                        i32x4_dot_i16x8(i16x8_extend_low_i8x16(q), i16x8_extend_low_i8x16(xv)),
-                        i32x4_dot_i16x8(i16x8_extend_high_i8x16(q), i16x8_extend_high_i8x16(xv)),
+                    // |q6 * q8| <= 32 * 128, so two products fit an i16 lane; the scale
+                    // multiplies in the i32 dot product.
+                    let p = i16x8_add(
+                        i16x8_extmul_low_i8x16(q, xv),
+                        i16x8_extmul_high_i8x16(q, xv),
                     );
-                    let sc = *(ql0.add(192 + e / 16) as *const i8) as i32;
-                    acc = i32x4_add(acc, i32x4_mul(d, i32x4_splat(sc)));
+                    let sc = *(ql0.add(192 + e / 16) as *const i8) as i16;
+                    acc = i32x4_add(acc, i32x4_dot_i16x8(p, i16x8_splat(sc)));
                 }
             }
         }
