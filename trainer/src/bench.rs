@@ -141,6 +141,7 @@ pub fn bench(args: &BenchArgs) -> Result<BenchResult> {
             .dropout
             .then_some((1, t.embd_pdrop, t.attn_pdrop, t.resid_pdrop)),
         mask_loss_weight: None,
+        pixel_aux: None,
     };
     let mut opt = AdamW::new(store.trainable(), AdamWParams::default())?;
     let vars: Vec<candle_core::Var> = opt.vars().into_iter().cloned().collect();

@@ -207,10 +207,15 @@ pub struct DataConfig {
     /// references), `first` (its first reference) or `caption` (its `caption` field).
     #[serde(default = "d_caption")]
     pub caption: String,
-    /// Fraction of the regions prompted with one positive point at their box centre (as
-    /// `sca eval --prompt point`) instead of their box (official: 0).
+    /// Fraction of the regions prompted with one positive point (see `point_position`)
+    /// instead of their box (official: 0).
     #[serde(default)]
     pub point_prompts: f64,
+    /// Where those points go: `centre` (the box centre, as `sca eval --prompt point`) or
+    /// `mask` (a pixel drawn uniformly from the region's ground-truth mask, as SAM's
+    /// training does; what anything mode's grid points look like).
+    #[serde(default = "d_point_position")]
+    pub point_position: String,
     /// Caption tokens before EOS (official: 18).
     #[serde(default = "d_caption_len")]
     pub max_caption_tokens: usize,
@@ -274,6 +279,14 @@ pub struct OptimConfig {
     /// read) or `both` (each region draws one of the two).
     #[serde(default = "d_mask_outputs")]
     pub mask_outputs: String,
+    /// Weight of the pixel auxiliary ([`crate::pixel_aux`]): linear heads, used in training
+    /// only, read each patch's mean pixel back from the image embedding and from SAM's
+    /// per-prompt image tokens (the mixer's keys), and each region's mean pixel under its
+    /// ground-truth mask from the LM prefix. 0 (the default, the official recipe) leaves it
+    /// out. For SAM trained from scratch, whose mask loss alone keeps no colour in those
+    /// features.
+    #[serde(default)]
+    pub pixel_aux_weight: f64,
 }
 
 /// Run control: device, seeds, checkpoints, logs.
@@ -369,6 +382,9 @@ fn d_betas() -> [f64; 2] {
 fn d_eps() -> f64 {
     1e-8
 }
+fn d_point_position() -> String {
+    "centre".into()
+}
 fn d_wd() -> f64 {
     1e-4
 }
@@ -422,6 +438,7 @@ impl Default for OptimConfig {
             caption_loss_weight: d_one_f(),
             mask_loss_weight: d_one_f(),
             mask_outputs: d_mask_outputs(),
+            pixel_aux_weight: 0.0,
         }
     }
 }
@@ -638,6 +655,12 @@ impl TrainConfig {
         if o.eps <= 0.0 || o.weight_decay < 0.0 || o.clip_grad_norm < 0.0 {
             return bad("optim.eps must be > 0; weight_decay and clip_grad_norm >= 0".into());
         }
+        if !(o.pixel_aux_weight >= 0.0 && o.pixel_aux_weight.is_finite()) {
+            return bad(format!(
+                "optim.pixel_aux_weight must be >= 0, got {}",
+                o.pixel_aux_weight
+            ));
+        }
         if o.max_steps == 0 {
             return bad("optim.max_steps must be > 0".into());
         }
@@ -680,6 +703,7 @@ impl TrainConfig {
                 d.caption
             ));
         }
+        crate::step::PointAt::parse(&d.point_position)?;
         if !(0.0..=1.0).contains(&d.point_prompts) {
             return bad(format!(
                 "data.point_prompts must be in [0, 1], got {}",

@@ -20,6 +20,7 @@ pub mod losses;
 pub mod model;
 pub mod optim;
 pub mod params;
+pub mod pixel_aux;
 pub mod rng;
 pub mod step;
 pub mod train;

@@ -11,6 +11,7 @@ use sca_core::{caption_loss, ScaModel, Trace};
 use sca_data::Batch;
 
 use crate::losses::mask_loss;
+use crate::pixel_aux::PixelAux;
 use crate::rng::hash_keys;
 use crate::{Error, Result};
 
@@ -140,12 +141,37 @@ impl MaskOutputs {
     }
 }
 
+/// Where a point prompt goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PointAt {
+    /// The box centre (what `sca eval --prompt point` asks).
+    Centre,
+    /// A pixel drawn uniformly from the region's ground-truth mask, as SAM's training draws
+    /// its first point (what anything mode's grid points look like); the box centre for a
+    /// region without a mask.
+    InMask,
+}
+
+impl PointAt {
+    /// `centre` or `mask`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "centre" => Ok(Self::Centre),
+            "mask" => Ok(Self::InMask),
+            other => Err(Error::Config(format!(
+                "data.point_position must be \"centre\" or \"mask\", got {other:?}"
+            ))),
+        }
+    }
+}
+
 /// How the regions of a training step are prompted.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PromptMix {
-    /// Probability that a region is prompted with one positive point at its box centre (as
-    /// `sca eval --prompt point`) instead of its box.
+    /// Probability that a region is prompted with one positive point instead of its box.
     pub point_prob: f64,
+    /// Where that point goes.
+    pub point_at: PointAt,
     /// Which mask outputs are decoded.
     pub outputs: MaskOutputs,
     /// Seed of the draws (each draw is a hash of seed, step and the region's batch position).
@@ -156,6 +182,7 @@ impl PromptMix {
     /// Boxes and the single output for every region (the default: the official recipe).
     pub const BOXES: PromptMix = PromptMix {
         point_prob: 0.0,
+        point_at: PointAt::Centre,
         outputs: MaskOutputs::Single,
         seed: 0,
     };
@@ -167,7 +194,7 @@ impl StepInputs {
     /// data-parallel workers agree with one worker on the whole batch.
     ///
     /// ```
-    /// use trainer::step::{MaskOutputs, PromptMix, StepInputs};
+    /// use trainer::step::{MaskOutputs, PointAt, PromptMix, StepInputs};
     /// use sca_core::sam::prompt_encoder::ScaledPrompt;
     /// # use candle_core::{Device, Tensor};
     /// # let d = Device::Cpu;
@@ -182,12 +209,40 @@ impl StepInputs {
     ///     n_tokens: 1,
     ///     n_regions: 1,
     /// };
-    /// inputs.mix_prompts(&PromptMix { point_prob: 1.0, outputs: MaskOutputs::Multimask, seed: 1 }, 0);
+    /// let mix = PromptMix {
+    ///     point_prob: 1.0,
+    ///     point_at: PointAt::Centre,
+    ///     outputs: MaskOutputs::Multimask,
+    ///     seed: 1,
+    /// };
+    /// inputs.mix_prompts(&mix, 0).unwrap();
     /// assert_eq!(inputs.prompts[0][0].points, vec![(20.0, 40.0)]);
     /// assert_eq!(inputs.prompts[0][0].box_, None);
     /// assert_eq!(inputs.multimask, vec![vec![true]]);
     /// ```
-    pub fn mix_prompts(&mut self, mix: &PromptMix, step: u64) {
+    pub fn mix_prompts(&mut self, mix: &PromptMix, step: u64) -> Result<()> {
+        // Foreground pixels of each row's ground-truth mask, for points drawn in the mask.
+        let mut fg: Vec<Option<Vec<u32>>> = vec![None; self.n_regions];
+        // (mask side, model-frame side)
+        let mut frames = (1usize, 1usize);
+        if mix.point_at == PointAt::InMask && mix.point_prob > 0.0 {
+            if let (Some((t, idx)), Some(px)) = (&self.gt_masks, self.pixel_values.first()) {
+                let (_, m, _) = t.dims3()?;
+                frames = (m, px.dim(3)?);
+                let data = t.flatten_all()?.to_vec1::<f32>()?;
+                for (k, &r) in idx.to_vec1::<u32>()?.iter().enumerate() {
+                    let on: Vec<u32> = data[k * m * m..(k + 1) * m * m]
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, &v)| v > 0.5)
+                        .map(|(j, _)| j as u32)
+                        .collect();
+                    if let (Some(slot), false) = (fg.get_mut(r as usize), on.is_empty()) {
+                        *slot = Some(on);
+                    }
+                }
+            }
+        }
         let mut row = 0usize;
         let mut flags = Vec::with_capacity(self.prompts.len());
         for prompts in &mut self.prompts {
@@ -201,8 +256,21 @@ impl StepInputs {
                 };
                 if mix.point_prob > 0.0 && draw(0) < mix.point_prob {
                     if let Some([x1, y1, x2, y2]) = p.box_ {
+                        let point = match fg.get(row - 1).and_then(Option::as_ref) {
+                            Some(on) => {
+                                let pick = ((draw(2) * on.len() as f64) as usize).min(on.len() - 1);
+                                let (m, side) = frames;
+                                let j = on[pick] as usize;
+                                let scale = side as f64 / m as f64;
+                                (
+                                    ((j % m) as f64 + 0.5) * scale,
+                                    ((j / m) as f64 + 0.5) * scale,
+                                )
+                            }
+                            None => ((x1 + x2) / 2.0, (y1 + y2) / 2.0),
+                        };
                         *p = ScaledPrompt {
-                            points: vec![((x1 + x2) / 2.0, (y1 + y2) / 2.0)],
+                            points: vec![point],
                             labels: vec![1],
                             box_: None,
                         };
@@ -217,6 +285,7 @@ impl StepInputs {
             flags.push(f);
         }
         self.multimask = flags;
+        Ok(())
     }
 }
 
@@ -231,6 +300,8 @@ pub struct LossOptions {
     pub dropout: Option<(u64, f64, f64, f64)>,
     /// Weight of SAM's mask loss; `None` = no mask loss.
     pub mask_loss_weight: Option<f64>,
+    /// The self-supervised pixel auxiliary (`optim.pixel_aux_weight` > 0).
+    pub pixel_aux: Option<PixelAux>,
 }
 
 impl LossOptions {
@@ -291,8 +362,11 @@ pub fn forward(model: &ScaModel, inputs: &StepInputs, opts: &LossOptions) -> Res
     // Per decoded output: mask logits (n, H, W), predicted IoU (n), and the batch rows.
     let mut outputs: Vec<(Tensor, Tensor, Vec<usize>)> = Vec::new();
     let mut row0 = 0usize;
+    let mut aux_terms = Vec::new();
+    let mut region_term = None;
     for (i, (px, prompts)) in inputs.pixel_values.iter().zip(&inputs.prompts).enumerate() {
         let emb = model.embed_pixels(px, &mut trace)?;
+        let mut keys = Vec::new();
         let n = prompts.len();
         let multi = |k: usize| {
             inputs
@@ -321,6 +395,9 @@ pub fn forward(model: &ScaModel, inputs: &StepInputs, opts: &LossOptions) -> Res
             } else {
                 decode_masks(model, &emb, group, mm, &mut trace)?
             };
+            if opts.pixel_aux.is_some() {
+                keys.push(decoder.keys_out.clone());
+            }
             let rows: Vec<usize> = ks.iter().map(|&k| row0 + k).collect();
             order.extend(rows.iter().map(|&r| r as u32));
             if opts.mask_loss_weight.is_some() {
@@ -333,6 +410,9 @@ pub fn forward(model: &ScaModel, inputs: &StepInputs, opts: &LossOptions) -> Res
                 }
             }
         }
+        if let Some(aux) = &opts.pixel_aux {
+            aux_terms.push(aux.loss(px, &emb, &keys)?);
+        }
         row0 += n;
     }
     let (cap, caption) = if captions {
@@ -344,6 +424,22 @@ pub fn forward(model: &ScaModel, inputs: &StepInputs, opts: &LossOptions) -> Res
             &inputs.attention_mask,
             dropout.as_ref(),
         )?;
+        if let (Some(aux), Some((gt, idx))) = (&opts.pixel_aux, &inputs.gt_masks) {
+            // Regions are image-major: row k belongs to the image whose prompts cover it.
+            let mut image_of_row = Vec::with_capacity(inputs.n_regions);
+            for (i, p) in inputs.prompts.iter().enumerate() {
+                image_of_row.extend(std::iter::repeat_n(i as u32, p.len()));
+            }
+            let rows = idx.to_vec1::<u32>()?;
+            let image_of: Vec<u32> = rows.iter().map(|&r| image_of_row[r as usize]).collect();
+            let q = prefix.dim(1)? - model.config.num_task_tokens;
+            let caption_part = prefix
+                .narrow(1, model.config.num_task_tokens, q)?
+                .contiguous()?
+                .index_select(idx, 0)?;
+            let px = Tensor::cat(&inputs.pixel_values, 0)?;
+            region_term = Some(aux.region_loss(&px, &image_of, gt, &caption_part)?);
+        }
         let cap = caption_loss(
             &logits,
             &inputs.input_ids,
@@ -427,12 +523,29 @@ pub fn forward(model: &ScaModel, inputs: &StepInputs, opts: &LossOptions) -> Res
     let total = total.ok_or_else(|| {
         Error::Other("no loss: caption_loss_weight = 0 and no region has a mask".into())
     })?;
+    let mut parts = Vec::new();
+    let mut total_value = None;
+    let total = match &opts.pixel_aux {
+        Some(aux) if !aux_terms.is_empty() => {
+            // Patch terms averaged over images, plus the region term.
+            let region =
+                region_term.unwrap_or(Tensor::zeros((), DType::F32, inputs.input_ids.device())?);
+            let n = aux_terms.len() as f64;
+            let a = ((Tensor::stack(&aux_terms, 0)?.sum_all()? / n)? + region)?;
+            let av = a.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            parts.push(("pixel_aux_loss", av));
+            let t = (total + (a * aux.weight)?)?;
+            total_value = Some(t.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+            t
+        }
+        _ => total,
+    };
     Ok(Losses {
         total,
         caption,
         mask,
-        total_value: None,
-        parts: Vec::new(),
+        total_value,
+        parts,
     })
 }
 

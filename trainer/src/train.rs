@@ -25,8 +25,9 @@ use crate::grad_sync::{GradAverager, SingleWorker};
 use crate::model::{write_model_dir, ModelFiles, ModelSetup};
 use crate::optim::{clip_grad_norm, lr_at, AdamW, AdamWParams};
 use crate::params::{ParamStore, TrainableSet};
+use crate::pixel_aux::PixelAux;
 use crate::rng::hash_keys;
-use crate::step::{forward, gradients, LossOptions, MaskOutputs, PromptMix, StepInputs};
+use crate::step::{forward, gradients, LossOptions, MaskOutputs, PointAt, PromptMix, StepInputs};
 use crate::{Error, Result};
 
 /// How `fit` runs.
@@ -175,6 +176,8 @@ pub struct Trainer {
     pub regions_seen: u64,
     /// `trainer distill`: the teacher and the distillation losses.
     pub distill: Option<crate::distill::Distiller>,
+    /// The training-only heads of `optim.pixel_aux_weight`.
+    pub pixel_aux: Option<PixelAux>,
 }
 
 impl Trainer {
@@ -205,8 +208,34 @@ impl Trainer {
         let tokenizer = Tokenizer::from_dir(&setup.tokenizer_dir)?;
         let (model, store) = setup.build(trainable, &device)?;
         let o = &cfg.optim;
+        let pixel_aux = if o.pixel_aux_weight > 0.0 {
+            if !trainable.trains_sam() {
+                return Err(Error::Config(
+                    "optim.pixel_aux_weight trains SAM's features: it needs model.trainable to \
+                     include SAM (e.g. \"all\")"
+                        .into(),
+                ));
+            }
+            let aux = PixelAux::new(
+                o.pixel_aux_weight,
+                setup.config.vision_config.output_channels,
+                setup.config.text_config.n_embd,
+                cfg.train.seed,
+                &device,
+            )?;
+            if let Some(opt) = &opt_state {
+                aux.load_state(opt)?;
+            }
+            Some(aux)
+        } else {
+            None
+        };
+        let mut vars = store.trainable();
+        if let Some(aux) = &pixel_aux {
+            vars.extend(aux.vars());
+        }
         let mut optimizer = AdamW::new(
-            store.trainable(),
+            vars,
             AdamWParams {
                 beta1: o.betas[0],
                 beta2: o.betas[1],
@@ -245,6 +274,7 @@ impl Trainer {
                 step,
                 regions_seen,
                 distill: None,
+                pixel_aux,
             },
             state,
         ))
@@ -265,6 +295,7 @@ impl Trainer {
     pub fn prompt_mix(&self) -> Result<PromptMix> {
         Ok(PromptMix {
             point_prob: self.cfg.data.point_prompts,
+            point_at: PointAt::parse(&self.cfg.data.point_position)?,
             outputs: MaskOutputs::parse(&self.cfg.optim.mask_outputs)?,
             seed: self.cfg.train.seed,
         })
@@ -288,6 +319,7 @@ impl Trainer {
                 .trainable
                 .trains_sam()
                 .then_some(self.cfg.optim.mask_loss_weight),
+            pixel_aux: if train { self.pixel_aux.clone() } else { None },
         }
     }
 
@@ -309,7 +341,7 @@ impl Trainer {
             let mut inputs = StepInputs::from_batch(batch, start..end, &self.device)?;
             let mix = self.prompt_mix()?;
             if mix.point_prob > 0.0 || mix.outputs != MaskOutputs::Single {
-                inputs.mix_prompts(&mix, self.step);
+                inputs.mix_prompts(&mix, self.step)?;
             }
             let losses = match &self.distill {
                 Some(d) => d.forward(&self.model, &inputs, &opts)?,
@@ -356,7 +388,10 @@ impl Trainer {
 
     /// Writes a checkpoint of the current state.
     pub fn checkpoint(&self, out: &Path, loader: &DataLoader, world: usize) -> Result<PathBuf> {
-        let (opt, step) = self.optimizer.state();
+        let (mut opt, step) = self.optimizer.state();
+        if let Some(aux) = &self.pixel_aux {
+            opt.extend(aux.state());
+        }
         let state = TrainerState {
             step,
             loader: loader.state(),
@@ -413,6 +448,7 @@ impl Trainer {
             caption_loss_weight: 1.0,
             dropout: None,
             mask_loss_weight: None,
+            pixel_aux: None,
         };
         let (mut sum, mut tokens) = (0f64, 0usize);
         for _ in 0..loader.batches_per_epoch() {
@@ -447,6 +483,7 @@ impl Trainer {
             "meteor": m.meteor, "rouge_l": m.rouge_l, "cider_d": m.cider_d,
             "mask_iou_mean": report.mask_iou_mean,
             "attribute_accuracy": report.attribute_accuracy,
+            "attribute_rates": report.attribute_rates,
             "seconds": t0.elapsed().as_secs_f64(),
         }))
     }

@@ -110,6 +110,7 @@ fn training_forward_matches_the_official_loss() {
                     caption_loss_weight: 1.0,
                     dropout: None,
                     mask_loss_weight: None,
+                    pixel_aux: None,
                 },
             )
             .unwrap();

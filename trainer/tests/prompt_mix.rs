@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use candle_core::Var;
 use sca_data::{open_spec, DataLoader, Split};
-use trainer::step::{forward, gradients, MaskOutputs, PromptMix, StepInputs};
+use trainer::step::{forward, gradients, MaskOutputs, PointAt, PromptMix, StepInputs};
 use trainer::train::{loader_config, Trainer};
 
 fn setup() -> (Trainer, sca_data::Batch) {
@@ -66,14 +66,17 @@ fn mixed_outputs_keep_the_caption_loss_and_train_the_right_tokens() {
         (MaskOutputs::Multimask, 1),
     ] {
         let mut inputs = StepInputs::from_batch(&batch, 0..batch.images, &tr.device).unwrap();
-        inputs.mix_prompts(
-            &PromptMix {
-                point_prob: 0.0,
-                outputs,
-                seed,
-            },
-            3,
-        );
+        inputs
+            .mix_prompts(
+                &PromptMix {
+                    point_prob: 0.0,
+                    point_at: PointAt::Centre,
+                    outputs,
+                    seed,
+                },
+                3,
+            )
+            .unwrap();
         let l = forward(&tr.model, &inputs, &opts).unwrap();
         assert!(
             (l.caption - l_single.caption).abs() <= 1e-5 * l_single.caption.abs(),
@@ -91,13 +94,14 @@ fn mixed_outputs_keep_the_caption_loss_and_train_the_right_tokens() {
     // Point prompts change the prompts (and so the loss), deterministically.
     let mix = PromptMix {
         point_prob: 0.5,
+        point_at: PointAt::Centre,
         outputs: MaskOutputs::Both,
         seed: 7,
     };
     let mut a = StepInputs::from_batch(&batch, 0..batch.images, &tr.device).unwrap();
     let mut b = StepInputs::from_batch(&batch, 0..batch.images, &tr.device).unwrap();
-    a.mix_prompts(&mix, 5);
-    b.mix_prompts(&mix, 5);
+    a.mix_prompts(&mix, 5).unwrap();
+    b.mix_prompts(&mix, 5).unwrap();
     assert_eq!(a.prompts, b.prompts);
     assert_eq!(a.multimask, b.multimask);
     let all: Vec<_> = a.prompts.iter().flatten().collect();
@@ -109,7 +113,8 @@ fn mixed_outputs_keep_the_caption_loss_and_train_the_right_tokens() {
             ..mix
         },
         5,
-    );
+    )
+    .unwrap();
     for (p, q) in many.prompts.iter().flatten().zip(&base.prompts.concat()) {
         let [x1, y1, x2, y2] = q.box_.unwrap();
         assert_eq!(p.points, vec![((x1 + x2) / 2.0, (y1 + y2) / 2.0)]);
@@ -118,6 +123,49 @@ fn mixed_outputs_keep_the_caption_loss_and_train_the_right_tokens() {
     eprintln!("{points} of {} regions prompted with a point", all.len());
     let l = forward(&tr.model, &many, &opts).unwrap();
     assert!(l.caption.is_finite() && (l.caption - l_single.caption).abs() > 1e-6);
+
+    // Points drawn in the mask: every point lies on a pixel of its region's ground-truth mask,
+    // and they are not all the box centre.
+    let mut inmask = StepInputs::from_batch(&batch, 0..batch.images, &tr.device).unwrap();
+    inmask
+        .mix_prompts(
+            &PromptMix {
+                point_prob: 1.0,
+                point_at: PointAt::InMask,
+                ..mix
+            },
+            5,
+        )
+        .unwrap();
+    let (gt, idx) = inmask.gt_masks.clone().unwrap();
+    let m = gt.dim(1).unwrap();
+    let side = inmask.pixel_values[0].dim(3).unwrap() as f64;
+    let gt = gt.to_vec3::<f32>().unwrap();
+    let rows = idx.to_vec1::<u32>().unwrap();
+    let mut off_centre = 0;
+    for (row, (p, q)) in inmask
+        .prompts
+        .iter()
+        .flatten()
+        .zip(&base.prompts.concat())
+        .enumerate()
+    {
+        let (x, y) = p.points[0];
+        let k = rows.iter().position(|&r| r as usize == row).unwrap();
+        let (mx, my) = (
+            (x / side * m as f64) as usize,
+            (y / side * m as f64) as usize,
+        );
+        assert_eq!(
+            gt[k][my][mx], 1.0,
+            "row {row}: point ({x}, {y}) is off its mask"
+        );
+        let [x1, y1, x2, y2] = q.box_.unwrap();
+        off_centre += usize::from((x, y) != ((x1 + x2) / 2.0, (y1 + y2) / 2.0));
+    }
+    assert!(off_centre > 0);
+    let l = forward(&tr.model, &inmask, &opts).unwrap();
+    assert!(l.caption.is_finite() && l.mask.unwrap().is_finite());
 }
 
 /// From scratch (`init = "config"`) with patch 8: the ground-truth masks follow the model's

@@ -107,6 +107,65 @@ fn stop_and_resume_equals_uninterrupted() {
 }
 
 #[test]
+fn resume_continues_the_pixel_auxiliary_exactly() {
+    // Everything trainable with SAM's mask loss and the pixel auxiliary's training-only heads,
+    // whose values live in the checkpoint's optimizer state.
+    let cfg = common::tiny_config(
+        "lr = 1e-3\nwarmup_steps = 1\nmax_steps = 4\npixel_aux_weight = 2.0",
+        "images_per_batch = 2\nregions_per_image = 2\nlsj = false",
+        "checkpoint_every = 2\nkeep_checkpoints = 1",
+        "all",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let run = |out: &Path, resume: bool, stop: Option<u64>| {
+        fit(FitOptions {
+            config: cfg.clone(),
+            out: out.to_path_buf(),
+            resume: resume.then(|| out.to_path_buf()),
+            stop_after: stop,
+        })
+        .unwrap()
+    };
+    run(&a, false, None);
+    run(&b, false, Some(2));
+    let opt = candle_core::safetensors::load(
+        b.join("checkpoint-2/optimizer.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(opt["param.pixel_aux.keys.weight"].dims(), &[3, 32]);
+    assert!(opt.contains_key("m.pixel_aux.embedding.bias"));
+    run(&b, true, None);
+    let log = |p: &Path| -> Vec<(u64, f64, f64)> {
+        std::fs::read_to_string(p.join("log.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["step"].as_u64().unwrap(),
+                    v["loss"].as_f64().unwrap(),
+                    v["pixel_aux_loss"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (la, lb) = (log(&a), log(&b));
+    assert_eq!(la.len(), 4);
+    assert!(la.iter().all(|&(_, _, aux)| aux > 0.0 && aux.is_finite()));
+    assert_eq!(la, lb);
+    // The model directory holds the SCA weights only (no head).
+    let w = candle_core::safetensors::load(
+        b.join("model/model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert!(w.keys().all(|k| !k.contains("pixel_aux")));
+    sca_core::Sca::load(&b.join("model"), candle_core::Device::Cpu).unwrap();
+}
+
+#[test]
 fn kill_during_checkpoint_keeps_the_last_good_one() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg_path = tmp.path().join("run.toml");
