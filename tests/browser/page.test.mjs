@@ -280,8 +280,14 @@ test('"Caption everything" agrees with `sca anything` on the same settings', asy
     let same = 0;
     for (const w of clear) {
       const wm = rleDecode(w.segmentation);
-      const m = got.find((g) => maskIou(rleDecode(g.segmentation), wm) >= 0.9);
-      assert.ok(m, `native region ${JSON.stringify(w.bbox)} "${w.caption}" has no browser region with mask IoU >= 0.9`);
+      // The browser region that overlaps it most (nested regions can both be >= 0.9).
+      let m = null;
+      let best = 0;
+      for (const g of got) {
+        const v = maskIou(rleDecode(g.segmentation), wm);
+        if (v > best) [m, best] = [g, v];
+      }
+      assert.ok(m && best >= 0.9, `native region ${JSON.stringify(w.bbox)} "${w.caption}" has no browser region with mask IoU >= 0.9 (best ${best})`);
       assert.ok(Math.abs(m.predicted_iou - w.predicted_iou) < 0.02, `predicted IoU ${m.predicted_iou} vs ${w.predicted_iou}`);
       if (m.caption === w.caption) same++;
     }
