@@ -190,6 +190,13 @@ pub fn export_bundle(
         msg: e.to_string(),
     })?;
     drop(enc);
+    // safetensors writes through its own temp file (0600); a bundle is served to browsers.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&enc_path, std::fs::Permissions::from_mode(0o644))
+            .map_err(io_err(&enc_path))?;
+    }
     entry(
         bundle::ENCODER,
         if opts.encoder_f16 { "f16" } else { "f32" }.into(),

@@ -4,10 +4,9 @@
 //!
 //! The anything-mode issue asks for >= 90% found and >= 85% named. The bundled model's
 //! predicted IoU and stability scores from off-centre grid points stay below SAM's filters
-//! (0.88, 0.95), and its shape words are right for about half of the regions (see its README),
-//! so this test prints both rates with the official filters and with relaxed ones, and guards
-//! what it does today with the relaxed ones (`RECALL_MIN`, `NAMING_MIN`, a little below the
-//! measured values).
+//! (0.88, 0.95), so this test prints both rates with the official filters and with relaxed ones,
+//! and guards what it does today with the relaxed ones (`RECALL_MIN`, `NAMING_MIN`, a little
+//! below the measured values).
 //!
 //! The examples' `objects.json` names the generator spec that drew them; the ground-truth
 //! masks and attributes come from regenerating those scenes with `sca-data`. Set
@@ -22,11 +21,12 @@ use sca_data::synthetic::attribute_agreement;
 use sca_data::{open_spec, Dataset, Split};
 
 // The committed model on the example images: official filters 0 of 12 objects found; relaxed
-// (0.7, 0.5) 12 of 12 found, 8 of those 12 named by colour and shape.
+// (0.7, 0.5) 11 of 12 found, all 11 named by colour and shape. (On `synthetic:seed=4242,n=20`:
+// 34 of 40 found, 32 of those 34 named.)
 const RELAXED_PRED_IOU: f32 = 0.7;
 const RELAXED_STABILITY: f32 = 0.5;
 const RECALL_MIN: f64 = 0.9;
-const NAMING_MIN: f64 = 0.55;
+const NAMING_MIN: f64 = 0.9;
 
 fn model_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/sca-shapes");
