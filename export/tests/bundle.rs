@@ -389,9 +389,16 @@ fn exports_are_atomic_and_never_clobber() {
     assert_eq!(m.quant, "q8_0");
     // Every file is world-readable (servers and browsers read bundles), not a temp file's 0600.
     #[cfg(unix)]
-    for name in m.files.keys().chain(std::iter::once(&"manifest.json".to_string())) {
+    for name in m
+        .files
+        .keys()
+        .chain(std::iter::once(&"manifest.json".to_string()))
+    {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(out.join(name)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(out.join(name))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o044, 0o044, "{name} has mode {mode:o}");
     }
     // A failing export (no config.json) leaves no partial output or temp directory.

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
-use sca_core::anything::{anything, AnythingConfig, AnythingEvent, AnythingRegion};
+use sca_core::anything::{anything, AnythingConfig, AnythingEvent, AnythingOutput, AnythingRegion};
 use sca_core::{Decode, Sca};
 use serde::Serialize;
 
@@ -80,45 +80,22 @@ pub fn run(a: &AnythingArgs) -> Result<()> {
         decode: Decode::from_beams(a.beams, sca.generation.default_max_new_tokens()),
         ..Default::default()
     };
-    let t0 = Instant::now();
-    let emb = sca.embed(&img).context("encoding the image")?;
-    let t_enc = t0.elapsed();
-    // stage boundaries from the events: last batch done, first mask final
-    let (mut t_batches, mut t_nms) = (None, None);
     let total = a.points_per_side * a.points_per_side;
     let bar = ProgressBar::new(total.div_ceil(a.points_per_batch) as u64);
     bar.set_style(
         ProgressStyle::with_template("segmenting [{bar:40}] {pos}/{len} point batches ({eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let out = anything(&sca, &emb, &cfg, &mut |ev| {
-        match ev {
-            AnythingEvent::Progress { batches_done, .. } => {
-                bar.set_position(batches_done as u64);
-                t_batches = Some(t0.elapsed());
-            }
-            AnythingEvent::Mask { index: 0, .. } => {
-                bar.finish_and_clear();
-                t_nms = Some(t0.elapsed());
-            }
-            _ => {}
-        }
-        true
-    })?;
-    bar.finish_and_clear();
+    let (emb, out, times) = timed_anything(&sca, &img, &cfg, Some(&bar))?;
     if a.timings {
-        let end = t0.elapsed();
-        let batches = t_batches.unwrap_or(t_enc);
-        let nms = t_nms.unwrap_or(end);
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         eprintln!(
             "timings: encoder {:.1} ms (1 run), decoder batches {:.1} ms, nms {:.1} ms, \
              captions {:.1} ms, total {:.1} ms ({} candidates, {} regions)",
-            ms(t_enc),
-            ms(batches.saturating_sub(t_enc)),
-            ms(nms.saturating_sub(batches)),
-            ms(end.saturating_sub(nms)),
-            ms(end),
+            times.encoder_ms,
+            times.batches_ms,
+            times.nms_ms,
+            times.captions_ms,
+            times.total_ms,
             out.candidates,
             out.regions.len()
         );
@@ -263,4 +240,63 @@ fn overlay(img: &image::RgbImage, regions: &[AnythingRegion]) -> Result<image::R
         draw_number(&mut out, i, x as i64, y as i64, scale);
     }
     Ok(out)
+}
+
+/// Wall time of each anything-mode stage, in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct StageTimes {
+    pub encoder_ms: f64,
+    /// Prompt encoder + mask decoder (+ mixer for points with a candidate), mask
+    /// post-processing and the IoU/stability filters, over all point batches.
+    pub batches_ms: f64,
+    pub nms_ms: f64,
+    pub captions_ms: f64,
+    pub total_ms: f64,
+}
+
+/// Encodes `img` once and runs anything mode on it, timing each stage from the generator's
+/// events (last batch done, first final mask). `bar` follows the point batches.
+pub(crate) fn timed_anything(
+    sca: &Sca,
+    img: &image::RgbImage,
+    cfg: &AnythingConfig,
+    bar: Option<&ProgressBar>,
+) -> Result<(sca_core::ImageEmbedding, AnythingOutput, StageTimes)> {
+    let t0 = Instant::now();
+    let emb = sca.embed(img).context("encoding the image")?;
+    let t_enc = t0.elapsed();
+    let (mut t_batches, mut t_nms) = (None, None);
+    let out = anything(sca, &emb, cfg, &mut |ev| {
+        match ev {
+            AnythingEvent::Progress { batches_done, .. } => {
+                if let Some(b) = bar {
+                    b.set_position(batches_done as u64);
+                }
+                t_batches = Some(t0.elapsed());
+            }
+            AnythingEvent::Mask { index: 0, .. } => {
+                if let Some(b) = bar {
+                    b.finish_and_clear();
+                }
+                t_nms = Some(t0.elapsed());
+            }
+            _ => {}
+        }
+        true
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let end = t0.elapsed();
+    let batches = t_batches.unwrap_or(t_enc);
+    let nms = t_nms.unwrap_or(end);
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let times = StageTimes {
+        encoder_ms: ms(t_enc),
+        batches_ms: ms(batches.saturating_sub(t_enc)),
+        nms_ms: ms(nms.saturating_sub(batches)),
+        captions_ms: ms(end.saturating_sub(nms)),
+        total_ms: ms(end),
+    };
+    Ok((emb, out, times))
 }

@@ -4,14 +4,19 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
-use sca_core::config::ScaConfig;
+use sca_core::anything::AnythingConfig;
+use sca_core::config::{GenerationConfig, ScaConfig};
 use sca_core::generate::{generate, Decode};
+use sca_core::image::PreprocessorConfig;
 use sca_core::sam::prompt_encoder::ScaledPrompt;
-use sca_core::{ScaModel, Trace};
+use sca_core::tokenizer::Tokenizer;
+use sca_core::{Sca, ScaModel, Trace};
+
+use crate::anything::{timed_anything, StageTimes};
 use serde::Serialize;
 
 #[derive(clap::Args)]
@@ -35,6 +40,15 @@ pub struct BenchArgs {
     /// embedding.
     #[arg(long)]
     skip_encoder: bool,
+    /// Also time anything mode (official defaults, beam 3) on one synthetic image of the
+    /// encoder's input size for each of these grid sizes, e.g. `16,32`: encoder (run once),
+    /// decoder batches, NMS, captions.
+    #[arg(long, value_delimiter = ',')]
+    anything: Vec<usize>,
+    /// Directory with the `tokenizer.json` that `--anything` captions with (a GPT-2 tokenizer,
+    /// e.g. `models/sca-shapes`).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
 }
 
 /// Random N(0, 0.02) weights, zero biases, unit norm scales.
@@ -78,6 +92,20 @@ struct BenchResult {
     batch8_over_one: f64,
     encoder_peak_rss_mb: f64,
     peak_rss_mb: f64,
+    /// `--anything`: one row per grid size.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    anything: Vec<AnythingRow>,
+}
+
+#[derive(Serialize)]
+struct AnythingRow {
+    points_per_side: usize,
+    /// Point batches (the official generator runs the image encoder once per batch; ours once).
+    batches: usize,
+    candidates: usize,
+    regions: usize,
+    #[serde(flatten)]
+    times: StageTimes,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -115,6 +143,19 @@ fn reset_peak_rss() {
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
+    let tokenizer = match (&a.tokenizer, a.anything.is_empty()) {
+        (Some(dir), _) => Some(
+            Tokenizer::from_dir(dir)
+                .with_context(|| format!("loading the tokenizer from {}", dir.display()))?,
+        ),
+        (None, false) => {
+            bail!("--anything captions its regions: pass --tokenizer DIR (e.g. models/sca-shapes)")
+        }
+        (None, true) => None,
+    };
+    if let Some(&n) = a.anything.iter().find(|&&n| n == 0 || n > 1024) {
+        bail!("--anything grid sizes must be 1..=1024, got {n}");
+    }
     let text = std::fs::read_to_string(&a.config)
         .with_context(|| format!("reading {}", a.config.display()))?;
     let mut cfg = ScaConfig::from_json(&text, &a.config)?;
@@ -221,7 +262,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let runs = (a.runs / 3).max(2);
     let prompt_ms = time(runs, || full(&one))?;
     let batch8_ms = time(runs, || full(&eight))?;
-    let res = BenchResult {
+    let mut res = BenchResult {
         encoder_ms,
         decoder_ms,
         decoder_mixer_ms,
@@ -232,7 +273,18 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         batch8_over_one: batch8_ms / prompt_ms,
         encoder_peak_rss_mb: encoder_peak,
         peak_rss_mb: peak_rss_mb(),
+        anything: Vec::new(),
     };
+    if let Some(tok) = tokenizer {
+        let sca = Sca::from_parts(
+            model,
+            tok,
+            PreprocessorConfig::for_size(s),
+            GenerationConfig::default(),
+            &a.config,
+        )?;
+        res.anything = bench_anything(&sca, s, &a.anything)?;
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&res)?);
         return Ok(());
@@ -278,5 +330,56 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         res.encoder_peak_rss_mb
     );
     println!("| peak RSS, whole run (MiB) | {:.0} | | |", res.peak_rss_mb);
+    if res.anything.is_empty() {
+        return Ok(());
+    }
+    println!();
+    println!(
+        "| anything, {s}x{s} | encoder, 1 run (ms) | decoder batches (ms) | NMS (ms) | captions \
+         (ms, regions) | total (ms) | official: encoder runs |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for r in &res.anything {
+        println!(
+            "| {n}x{n} points, {b} batches | {:.0} | {:.0} | {:.1} | {:.0} ({}) | {:.0} | {b} |",
+            r.times.encoder_ms,
+            r.times.batches_ms,
+            r.times.nms_ms,
+            r.times.captions_ms,
+            r.regions,
+            r.times.total_ms,
+            n = r.points_per_side,
+            b = r.batches,
+        );
+    }
     Ok(())
+}
+
+/// Anything mode per grid size on one `s` x `s` image. The official generator re-encodes the
+/// image for every batch of points; ours encodes once (`timed_anything`).
+fn bench_anything(sca: &Sca, s: usize, grids: &[usize]) -> Result<Vec<AnythingRow>> {
+    let side = u32::try_from(s).context("image size")?;
+    let img = image::RgbImage::from_fn(side, side, |x, y| {
+        image::Rgb([
+            (x % 256) as u8,
+            (y % 256) as u8,
+            ((x / 4 + y / 4) % 256) as u8,
+        ])
+    });
+    let mut rows = Vec::new();
+    for &n in grids {
+        let cfg = AnythingConfig {
+            points_per_side: n,
+            ..Default::default()
+        };
+        let (_, out, times) = timed_anything(sca, &img, &cfg, None)?;
+        rows.push(AnythingRow {
+            points_per_side: n,
+            batches: (n * n).div_ceil(cfg.points_per_batch),
+            candidates: out.candidates,
+            regions: out.regions.len(),
+            times,
+        });
+    }
+    Ok(rows)
 }

@@ -383,4 +383,65 @@ fn bench_runs_on_a_tiny_config() {
             .unwrap_or_else(|| panic!("{k} missing in {v}"));
         assert!(x.is_finite() && x > 0.0, "{k} = {x}");
     }
+    assert!(v.get("anything").is_none(), "{v}");
+}
+
+#[test]
+fn bench_times_anything_mode_per_grid_size() {
+    let dir = fixture();
+    let cfg = dir.join("config.json");
+    let args = |extra: &[&str]| {
+        let mut v = vec![
+            "bench",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--encoder-runs",
+            "1",
+            "--runs",
+            "1",
+            "--json",
+        ];
+        v.extend_from_slice(extra);
+        sca(&v)
+    };
+    let out = args(&["--anything", "2,4", "--tokenizer", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["anything"].as_array().unwrap_or_else(|| panic!("{v}"));
+    let grids: Vec<u64> = rows
+        .iter()
+        .map(|r| r["points_per_side"].as_u64().unwrap())
+        .collect();
+    assert_eq!(grids, [2, 4]);
+    for r in rows {
+        for k in [
+            "encoder_ms",
+            "batches_ms",
+            "nms_ms",
+            "captions_ms",
+            "total_ms",
+        ] {
+            let x = r[k]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{k} missing in {r}"));
+            assert!(x.is_finite() && x >= 0.0, "{k} = {x}");
+        }
+        assert!(r["encoder_ms"].as_f64().unwrap() > 0.0, "{r}");
+        assert_eq!(r["batches"].as_u64(), Some(1), "{r}");
+    }
+
+    // Without a tokenizer, and with a bad grid size: clear errors.
+    let out = args(&["--anything", "16"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--tokenizer"),
+        "{err}"
+    );
+    let out = args(&["--anything", "0", "--tokenizer", dir.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("1..=1024"), "{err}");
 }
