@@ -352,7 +352,7 @@ fn write_decoder(
             dims.clone()
         };
         let dtype = decoder_dtype(k, &mm_shape, quant);
-        let blocky = !matches!(dtype, GgmlDType::F32 | GgmlDType::F16);
+        let blocky = bundle::is_blocky(dtype);
         let src = if conv1d && blocky {
             t.t().and_then(|x| x.contiguous()).map_err(|e| werr(k, e))?
         } else {

@@ -289,6 +289,38 @@ fn from_bytes_equals_from_dir() {
     assert_eq!((ra.tokens, ra.iou), (rb.tokens, rb.iou));
 }
 
+/// A bundle read back in the official layout (what `trainer fit` starts from when given a
+/// bundle): exactly the checkpoint at f32; at q8_0 the same keys and shapes (GPT-2 `Conv1D`
+/// weights transposed back to (in, out)) within the storage types' rounding: 2% of each
+/// tensor's max magnitude (q6_k, the coarsest type q8_0 bundles use, rounds to 1/64 of a
+/// block's range).
+#[test]
+fn official_tensors_read_a_bundle_back_in_the_checkpoint_layout() {
+    let fx = &fixtures()[0];
+    let want = candle_core::safetensors::load(fx.join("model.safetensors"), &Device::Cpu).unwrap();
+    for (quant, tol) in [(Quant::F32, 0.0), (Quant::Q8_0, 0.02)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("b");
+        export_bundle(fx, &out, &opts(quant, false, false)).unwrap();
+        let got = Bundle::from_dir(&out).unwrap().official_tensors().unwrap();
+        let mut keys: Vec<&String> = got.keys().collect();
+        keys.sort();
+        let mut want_keys: Vec<&String> = want.keys().collect();
+        want_keys.sort();
+        assert_eq!(keys, want_keys, "{quant:?}");
+        let mut transposed_back = 0;
+        for (k, t) in &got {
+            let w = &want[k];
+            assert_eq!(t.dims(), w.dims(), "{quant:?} {k}");
+            assert_eq!(t.dtype(), DType::F32, "{k}");
+            let d = rel_diff(t, w);
+            assert!(d <= tol, "{quant:?} {k}: rel diff {d} > {tol}");
+            transposed_back += usize::from(bundle::is_conv1d_weight(k));
+        }
+        assert!(transposed_back > 0);
+    }
+}
+
 fn exported(quant: Quant) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("b");

@@ -154,8 +154,12 @@ impl ModelSetup {
         Ok(setup)
     }
 
-    /// An official SCA checkpoint or a trainer output directory.
+    /// An official SCA checkpoint, a trainer output directory, or an `export` bundle (its
+    /// weights dequantized to f32, see [`sca_core::bundle::Bundle::official_tensors`]).
     pub fn from_checkpoint(dir: &Path, tokenizer: Option<&Path>) -> Result<ModelSetup> {
+        if sca_core::bundle::is_bundle(dir) {
+            return Self::from_bundle(dir, tokenizer);
+        }
         let cfg_path = dir.join("config.json");
         if !cfg_path.is_file() {
             return Err(Error::Checkpoint {
@@ -180,6 +184,32 @@ impl ModelSetup {
             },
             config,
             config_json,
+        })
+    }
+
+    fn from_bundle(dir: &Path, tokenizer: Option<&Path>) -> Result<ModelSetup> {
+        let b = sca_core::bundle::Bundle::from_dir(dir)?;
+        let config = b.config()?;
+        let m = &b.manifest;
+        Ok(ModelSetup {
+            generation_json: m
+                .generation
+                .clone()
+                .unwrap_or_else(|| default_generation_json(&config)),
+            preprocessor_json: m
+                .preprocessor
+                .clone()
+                .unwrap_or_else(|| default_preprocessor_json(config.vision_config.image_size)),
+            tokenizer_dir: tokenizer
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| dir.to_path_buf()),
+            source: Source {
+                tensors: b.official_tensors()?.into_iter().collect(),
+                init_missing: None,
+                origin: format!("{} ({} bundle, dequantized)", dir.display(), m.quant),
+            },
+            config_json: m.config.clone(),
+            config,
         })
     }
 

@@ -215,3 +215,50 @@ fn config_alone_and_missing_files() {
         .to_string();
     assert!(e.contains("tokenizer"), "{e}");
 }
+
+/// An `export` bundle (the shipped `models/sca-shapes`, q8_0 decoder side) is a starting point
+/// too: its weights dequantized, in the official layout, and the run saves a plain checkpoint.
+#[test]
+fn an_export_bundle_is_a_starting_point() {
+    let bundle_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/sca-shapes");
+    let tmp = tempfile::tempdir().unwrap();
+    let model = format!(
+        "[model]\ninit = \"checkpoint\"\ncheckpoint = \"{}\"\n",
+        bundle_dir.display()
+    );
+    let cfg = config(&model);
+    let mut setup = ModelSetup::prepare(&cfg.model).unwrap();
+    let want = sca_core::bundle::Bundle::from_dir(&bundle_dir)
+        .unwrap()
+        .official_tensors()
+        .unwrap();
+    let (_, store) = setup
+        .build(TrainableSet::parse("mixer").unwrap(), &Device::Cpu)
+        .unwrap();
+    let snap = store.snapshot().unwrap();
+    for (k, t) in &want {
+        let s = &snap[k];
+        assert_eq!(s.dims(), t.dims(), "{k}");
+        let d = (s - t).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "{k}");
+    }
+
+    let out = tmp.path().join("run");
+    let s = fit(FitOptions {
+        config: cfg,
+        out: out.clone(),
+        resume: None,
+        stop_after: None,
+    })
+    .unwrap();
+    assert!(s.last_loss.unwrap().is_finite());
+    let sca = sca_core::Sca::load(&out.join("model"), Device::Cpu).unwrap();
+    assert_eq!(
+        sca.config().text_config.n_layer,
+        sca_core::Sca::load(&bundle_dir, Device::Cpu)
+            .unwrap()
+            .config()
+            .text_config
+            .n_layer
+    );
+}

@@ -268,6 +268,11 @@ pub fn decoder_dtype(key: &str, shape: &[usize], quant: Quant) -> GgmlDType {
         .unwrap_or(GgmlDType::F16)
 }
 
+/// Whether `t` is a block-quantized type (stored transposed for GPT-2 `Conv1D` weights).
+pub fn is_blocky(t: GgmlDType) -> bool {
+    !matches!(t, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+}
+
 /// The name of a GGUF storage type as used in manifests (`f32`, `f16`, `q8_0`, `q4_k`, ...).
 pub fn ggml_name(t: GgmlDType) -> String {
     match t {
@@ -453,36 +458,77 @@ impl Bundle {
             .collect()
     }
 
+    /// Reads every tensor of `decoder.gguf`, in name order.
+    fn for_each_decoder_tensor(
+        &self,
+        mut f: impl FnMut(&str, QTensor) -> candle_core::Result<()>,
+    ) -> Result<()> {
+        let path = self.origin.join(DECODER);
+        let mut r = Cursor::new(self.file(DECODER)?);
+        let content = gguf_file::Content::read(&mut r)
+            .map_err(|e| berr(&path, format!("cannot read GGUF: {e}")))?;
+        let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+        names.sort();
+        for name in names {
+            content
+                .tensor(&mut r, name, &Device::Cpu)
+                .and_then(|q| f(name, q))
+                .map_err(|e| berr(&path, format!("tensor `{name}`: {e}")))?;
+        }
+        Ok(())
+    }
+
     /// The decoder tensors: f32/f16 ones and those [`dense_at_load`] names as f32 tensors,
     /// the other quantized ones as they are.
     #[allow(clippy::type_complexity)]
     pub fn decoder_tensors(
         &self,
     ) -> Result<(HashMap<String, Tensor>, HashMap<String, Arc<QTensor>>)> {
-        let path = self.origin.join(DECODER);
-        let mut r = Cursor::new(self.file(DECODER)?);
-        let content = gguf_file::Content::read(&mut r)
-            .map_err(|e| berr(&path, format!("cannot read GGUF: {e}")))?;
         let mut dense = HashMap::new();
         let mut quant = HashMap::new();
-        let mut names: Vec<&String> = content.tensor_infos.keys().collect();
-        names.sort();
-        for name in names {
-            let q = content
-                .tensor(&mut r, name, &Device::Cpu)
-                .map_err(|e| berr(&path, format!("tensor `{name}`: {e}")))?;
-            let dense_dtype =
-                matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
-            if dense_dtype || dense_at_load(name) {
-                let t = q
-                    .dequantize(&Device::Cpu)
-                    .map_err(|e| berr(&path, format!("tensor `{name}`: {e}")))?;
-                dense.insert(name.clone(), t);
+        self.for_each_decoder_tensor(|name, q| {
+            if !is_blocky(q.dtype()) || dense_at_load(name) {
+                dense.insert(name.to_string(), q.dequantize(&Device::Cpu)?);
             } else {
-                quant.insert(name.clone(), Arc::new(q));
+                quant.insert(name.to_string(), Arc::new(q));
             }
-        }
+            Ok(())
+        })?;
         Ok((dense, quant))
+    }
+
+    /// Every tensor of the bundle as f32 in the official checkpoint layout: quantized ones
+    /// dequantized, GPT-2 `Conv1D` weights back to (in, out). For starting training (or a new
+    /// export) from a bundle when the checkpoint it came from is not at hand; the
+    /// quantization error stays in the weights.
+    ///
+    /// ```no_run
+    /// let b = sca_core::bundle::Bundle::from_dir("models/sca-shapes".as_ref())?;
+    /// let tensors = b.official_tensors()?;
+    /// assert!(tensors.contains_key("language_model.transformer.wte.weight"));
+    /// # Ok::<(), sca_core::Error>(())
+    /// ```
+    pub fn official_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let mut tensors = self.encoder_tensors()?;
+        let mut twice = None;
+        self.for_each_decoder_tensor(|name, q| {
+            let transposed = is_blocky(q.dtype()) && is_conv1d_weight(name);
+            let mut t = q.dequantize(&Device::Cpu)?;
+            if transposed {
+                t = t.t()?.contiguous()?;
+            }
+            if tensors.insert(name.to_string(), t).is_some() {
+                twice = Some(name.to_string());
+            }
+            Ok(())
+        })?;
+        match twice {
+            Some(k) => Err(berr(
+                &self.origin,
+                format!("`{k}` is in both {ENCODER} and {DECODER}"),
+            )),
+            None => Ok(tensors),
+        }
     }
 
     /// Builds the model on `device`. Quantized tensors stay quantized (quantized matmuls),

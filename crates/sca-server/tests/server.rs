@@ -698,6 +698,7 @@ fn page_bundle_files_health_and_metrics() {
 /// it), wait for the printed URL, fetch the page and one prediction.
 #[test]
 fn readme_command_serves_the_page_and_a_prediction() {
+    use std::os::unix::process::CommandExt;
     let fixture = &sca_fixtures()[1.min(sca_fixtures().len() - 1)];
     let model = std::env::var_os("SCA_README_MODEL")
         .map(std::path::PathBuf::from)
@@ -710,6 +711,8 @@ fn readme_command_serves_the_page_and_a_prediction() {
         .env("SCA_MODEL", &model)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
+        // Its own process group, so a timeout stops the cargo build it may be running too.
+        .process_group(0)
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -726,11 +729,17 @@ fn readme_command_serves_the_page_and_a_prediction() {
             }
         }
     });
-    let url = match rx.recv_timeout(Duration::from_secs(300)) {
+    // On a fresh checkout serve.sh first builds the wasm package (release, wasm32): minutes on
+    // two busy cores. The limit only bounds a hang.
+    let limit = Duration::from_secs(1200);
+    let url = match rx.recv_timeout(limit) {
         Ok(u) => u,
         Err(_) => {
-            let _ = child.kill();
-            panic!("scripts/serve.sh printed no URL");
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
+            let _ = child.wait();
+            panic!("scripts/serve.sh printed no URL within {limit:?}");
         }
     };
     let addr: std::net::SocketAddr = url
