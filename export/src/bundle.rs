@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{DType, Tensor};
 use sca_core::bundle::{
     self, decoder_dtype, ggml_name, is_conv1d_weight, sha256_hex, FileEntry, Manifest, Quant, Role,
